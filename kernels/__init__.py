@@ -1,0 +1,1 @@
+"""Triton kernels for the DeiT block, installed as `fastdeit.kernels`."""
