@@ -1,0 +1,57 @@
+"""Shared launcher checks for the Triton ops: clear errors naming the argument, what was expected, what was given."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def can_run(t: torch.Tensor) -> bool:
+    """Whether a Triton kernel can run on `t`'s device: CUDA, or the CPU under the interpreter."""
+    return t.is_cuda or (t.device.type == "cpu" and is_interpreter())
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t: object,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    dtypes: Sequence[torch.dtype] = SUPPORTED_DTYPES,
+) -> torch.Tensor:
+    """Validate one tensor argument of `op`; returns it so calls can be chained."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{op}: {name} must be {want}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if not can_run(t):
+        raise ValueError(
+            f"{op}: {name} is on {t.device}; Triton kernels need a CUDA tensor "
+            "(or TRITON_INTERPRET=1 set before triton is imported, to run on the CPU)"
+        )
+    return t
+
+
+def check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Check that the given tensors share `ref`'s device and dtype."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
