@@ -1,0 +1,32 @@
+"""LayerNorm with timm's parameter names (`weight`, `bias`) and an optional fused residual add."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastdeit.layers.backend import check_backend, ops, use_triton
+
+
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` over the last dim that can also fuse the pre-norm residual add.
+
+    `forward(x)` -> LN(x). `forward(x, residual)` -> `(LN(x + residual), x + residual)`: the Triton backend
+    reads each input once and writes each output once, so a transformer block needs no standalone add.
+    Shapes: x, residual (..., C); outputs the same shape and dtype as x.
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6, *, backend: str = "auto", **kwargs) -> None:
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+        self.backend = check_backend(backend)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if use_triton(self.backend, x):
+            return ops().layer_norm(x, self.weight, self.bias, eps=self.eps, residual=residual)
+        if residual is None:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        s = x + residual
+        return F.layer_norm(s, self.normalized_shape, self.weight, self.bias, self.eps), s

@@ -1,0 +1,469 @@
+"""LayerNorm over the last dim, with an optional fused residual add (the pre-norm transformer pattern).
+
+Forward, per row of C values, statistics in fp32:
+    s    = x + residual                        (with a residual, rounded to x's dtype and returned; else s = x)
+    mean = sum(s) / C
+    rstd = 1 / sqrt(sum((s - mean)^2) / C + eps)
+    xhat = (s - mean) * rstd
+    y    = xhat * weight + bias
+Backward, with dy the grad of y and ds the grad of the returned s (none without a residual):
+    g        = dy * weight
+    dx       = rstd * (g - mean(g) - xhat * mean(g * xhat)) + ds      (= dresidual)
+    dweight  = sum over rows of dy * xhat
+    dbias    = sum over rows of dy
+dweight and dbias: each backward program walks a strided set of row tiles, accumulates its share in fp32
+registers, writes one partial row; the few hundred partial rows are then summed by torch.
+
+Rows are processed in tiles of BLOCK_ROWS x BLOCK_C (about 4096 elements) so narrow rows (C = 192, 384, 768)
+still give each program enough work. Inputs are read through their row stride; a tensor whose rows cannot be
+viewed with a unit stride along C (e.g. a transposed (N, B, C) -> (B, N, C) tensor) is copied once by
+`.contiguous()` in the op.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._utils import check_same, check_tensor
+
+_OP = "layer_norm"
+# Tile size target in elements, and the widest row a single tile may hold.
+_TILE_ELEMS = 4096
+_MAX_C = 65536
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    x_ptr,
+    residual_ptr,
+    weight_ptr,
+    bias_ptr,
+    y_ptr,
+    s_ptr,
+    mean_ptr,
+    rstd_ptr,
+    n_rows,
+    n_cols,
+    stride_x_row,
+    stride_residual_row,
+    stride_y_row,
+    stride_s_row,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_C)
+    row_mask = rows < n_rows
+    col_mask = cols < n_cols
+    mask = row_mask[:, None] & col_mask[None, :]
+    rows64 = rows.to(tl.int64)
+
+    x = tl.load(x_ptr + rows64[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + rows64[:, None] * stride_residual_row + cols[None, :], mask=mask, other=0.0)
+        # Round the sum to the input dtype first: the normalised value is exactly the s that is returned and saved.
+        s_out = (x.to(tl.float32) + residual.to(tl.float32)).to(x.dtype)
+        tl.store(s_ptr + rows64[:, None] * stride_s_row + cols[None, :], s_out, mask=mask)
+        s = s_out.to(tl.float32)
+    else:
+        s = x.to(tl.float32)
+
+    mean = tl.sum(s, axis=1) / n_cols
+    centered = tl.where(mask, s - mean[:, None], 0.0)
+    var = tl.sum(centered * centered, axis=1) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(mean_ptr + rows, mean, mask=row_mask)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+    weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    y = centered * rstd[:, None] * weight[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows64[:, None] * stride_y_row + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _layer_norm_bwd_kernel(
+    dy_ptr,
+    ds_ptr,
+    s_ptr,
+    weight_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dweight_partial_ptr,
+    dbias_partial_ptr,
+    n_rows,
+    n_cols,
+    stride_dy_row,
+    stride_ds_row,
+    stride_s_row,
+    stride_dx_row,
+    HAS_DS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < n_cols
+    weight = tl.load(weight_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dweight_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+
+    for tile in range(pid, tl.cdiv(n_rows, BLOCK_ROWS), tl.num_programs(0)):
+        rows = tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        row_mask = rows < n_rows
+        mask = row_mask[:, None] & col_mask[None, :]
+        rows64 = rows.to(tl.int64)
+
+        s = tl.load(s_ptr + rows64[:, None] * stride_s_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows64[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+
+        xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * weight[None, :]
+        mean_g = tl.sum(g, axis=1) / n_cols
+        mean_g_xhat = tl.sum(g * xhat, axis=1) / n_cols
+        dx = (g - mean_g[:, None] - xhat * mean_g_xhat[:, None]) * rstd[:, None]
+        if HAS_DS:
+            dx += tl.load(ds_ptr + rows64[:, None] * stride_ds_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + rows64[:, None] * stride_dx_row + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+        dweight_acc += tl.sum(dy * xhat, axis=0)
+        dbias_acc += tl.sum(dy, axis=0)
+
+    tl.store(dweight_partial_ptr + pid * n_cols + cols, dweight_acc, mask=col_mask)
+    tl.store(dbias_partial_ptr + pid * n_cols + cols, dbias_acc, mask=col_mask)
+
+
+def _check_matrix(
+    name: str, t: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A 2-D tensor of the given shape, dtype and device whose last dim has unit stride."""
+    t = check_tensor(_OP, name, t, ndim=2)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{_OP}: {name} must have dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{_OP}: {name} must be on {device}, got {t.device}")
+    if shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
+        raise ValueError(f"{_OP}: {name} must have unit stride along its last dim, got strides {t.stride()}")
+    return t
+
+
+def _check_vector(name: str, t: object, length: int, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """A contiguous (length,) tensor on `device`, of `dtype` (or of any supported dtype when None)."""
+    t = check_tensor(_OP, name, t, ndim=1) if dtype is None else check_tensor(_OP, name, t, ndim=1, dtypes=(dtype,))
+    if t.shape[0] != length:
+        raise ValueError(f"{_OP}: {name} must have shape ({length},), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{_OP}: {name} must be on {device}, got {t.device}")
+    if length > 1 and t.stride(0) != 1:
+        raise ValueError(f"{_OP}: {name} must be contiguous, got stride {t.stride()}")
+    return t
+
+
+def _check_params(
+    weight: object, bias: object, n_cols: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """weight (C,) and bias (C,) or None; both in one floating dtype, which may differ from x's."""
+    weight = _check_vector("weight", weight, n_cols, None, device)
+    if bias is not None:
+        bias = _check_vector("bias", bias, n_cols, None, device)
+        check_same(_OP, "weight", weight, bias=bias)
+    return weight, bias
+
+
+def _tile(n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_ROWS, BLOCK_C, num_warps) for rows of n_cols values."""
+    if n_cols > _MAX_C:
+        raise ValueError(f"{_OP}: rows of up to {_MAX_C} values are supported, got C = {n_cols}")
+    block_c = triton.next_power_of_2(n_cols)
+    block_rows = max(1, _TILE_ELEMS // block_c)
+    num_warps = min(16, max(1, block_rows * block_c // 512))
+    return block_rows, block_c, num_warps
+
+
+@functools.cache
+def _bwd_programs(device: torch.device) -> int:
+    """How many programs share the backward: a few per SM (none of it measured yet on a GPU); 4 on the CPU."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def launch_layer_norm_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    y: torch.Tensor,
+    s: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> None:
+    """Write y = LN(s) with s = x (+ residual) into `y`, s into `s` (only with a residual), fp32 stats into mean/rstd.
+
+    x, residual, y, s: (M, C), unit stride along C; weight, bias: (C,); mean, rstd: (M,) fp32.
+    """
+    x = check_tensor(_OP, "x", x, ndim=2)
+    n_rows, n_cols = x.shape
+    x = _check_matrix("x", x, (n_rows, n_cols), x.dtype, x.device)
+    weight, bias = _check_params(weight, bias, n_cols, x.device)
+    if residual is not None:
+        residual = _check_matrix("residual", residual, (n_rows, n_cols), x.dtype, x.device)
+        if s is None:
+            raise ValueError(f"{_OP}: with a residual, an output tensor s of shape {(n_rows, n_cols)} is required")
+        s = _check_matrix("s", s, (n_rows, n_cols), x.dtype, x.device)
+    elif s is not None:
+        raise ValueError(f"{_OP}: s is written only with a residual; expected s=None, got a tensor")
+    y = _check_matrix("y", y, (n_rows, n_cols), x.dtype, x.device)
+    mean = _check_vector("mean", mean, n_rows, torch.float32, x.device)
+    rstd = _check_vector("rstd", rstd, n_rows, torch.float32, x.device)
+    if n_cols == 0:
+        raise ValueError(f"{_OP}: x must have at least one value per row, got shape {tuple(x.shape)}")
+    if n_rows == 0:
+        return
+    block_rows, block_c, num_warps = _tile(n_cols)
+    _layer_norm_fwd_kernel[(triton.cdiv(n_rows, block_rows),)](
+        x,
+        x if residual is None else residual,  # not read without HAS_RESIDUAL
+        weight,
+        weight if bias is None else bias,  # not read without HAS_BIAS
+        y,
+        y if s is None else s,  # not written without HAS_RESIDUAL
+        mean,
+        rstd,
+        n_rows,
+        n_cols,
+        x.stride(0),
+        0 if residual is None else residual.stride(0),
+        y.stride(0),
+        0 if s is None else s.stride(0),
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        HAS_BIAS=bias is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+
+
+def launch_layer_norm_bwd(
+    dy: torch.Tensor,
+    ds: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dx: torch.Tensor,
+    dweight_partial: torch.Tensor,
+    dbias_partial: torch.Tensor,
+) -> None:
+    """Write dx (M, C) and per-program fp32 partial sums of dweight and dbias, each (P, C); dweight = partial.sum(0).
+
+    dy, ds, s, dx: (M, C), unit stride along C; weight: (C,); mean, rstd: (M,) fp32 from the forward.
+    P, the number of programs, is dweight_partial.shape[0] (at least 1); every partial row is written.
+    """
+    s = check_tensor(_OP, "s", s, ndim=2)
+    n_rows, n_cols = s.shape
+    s = _check_matrix("s", s, (n_rows, n_cols), s.dtype, s.device)
+    dy = _check_matrix("dy", dy, (n_rows, n_cols), s.dtype, s.device)
+    if ds is not None:
+        ds = _check_matrix("ds", ds, (n_rows, n_cols), s.dtype, s.device)
+    dx = _check_matrix("dx", dx, (n_rows, n_cols), s.dtype, s.device)
+    weight, _ = _check_params(weight, None, n_cols, s.device)
+    mean = _check_vector("mean", mean, n_rows, torch.float32, s.device)
+    rstd = _check_vector("rstd", rstd, n_rows, torch.float32, s.device)
+    n_programs = check_tensor(_OP, "dweight_partial", dweight_partial, ndim=2).shape[0]
+    if n_programs < 1:
+        raise ValueError(f"{_OP}: dweight_partial must have at least one row, got shape {tuple(dweight_partial.shape)}")
+    for name, partial in (("dweight_partial", dweight_partial), ("dbias_partial", dbias_partial)):
+        if not _check_matrix(name, partial, (n_programs, n_cols), torch.float32, s.device).is_contiguous():
+            raise ValueError(f"{_OP}: {name} must be contiguous, got strides {partial.stride()}")
+    block_rows, block_c, num_warps = _tile(n_cols)
+    _layer_norm_bwd_kernel[(n_programs,)](
+        dy,
+        dy if ds is None else ds,  # not read without HAS_DS
+        s,
+        weight,
+        mean,
+        rstd,
+        dx,
+        dweight_partial,
+        dbias_partial,
+        n_rows,
+        n_cols,
+        dy.stride(0),
+        0 if ds is None else ds.stride(0),
+        s.stride(0),
+        dx.stride(0),
+        HAS_DS=ds is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+
+
+def layer_norm_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch `layer_norm`: the add in x's dtype, the norm in at least fp32, y cast back to x's dtype."""
+    s = x if residual is None else x + residual
+    compute = torch.promote_types(s.dtype, torch.float32)
+    y = F.layer_norm(
+        s.to(compute), (s.shape[-1],), weight.to(compute), None if bias is None else bias.to(compute), eps
+    ).to(x.dtype)
+    return y if residual is None else (y, s)
+
+
+def _rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t`, shaped like `like` (..., C), as an (M, C) view with unit stride along C; copies only when it must."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{_OP}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.shape != like.shape:
+        raise ValueError(f"{_OP}: {name} must have the shape of x, {tuple(like.shape)}, got {tuple(t.shape)}")
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(1) == 1 else rows.contiguous()
+
+
+@torch.library.custom_op("fastdeit::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, s, mean, rstd); s is empty without a residual; mean, rstd: (M,) fp32 with M the number of rows."""
+    if check_tensor(_OP, "x", x).dim() == 0:
+        raise ValueError(f"{_OP}: x must have at least one dim (..., C), got a 0-D tensor")
+    x_rows = _rows("x", x, x)
+    residual_rows = None if residual is None else _rows("residual", residual, x)
+    n_rows = x_rows.shape[0]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    s = x.new_empty(0) if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    launch_layer_norm_fwd(
+        x_rows,
+        weight,
+        bias,
+        residual_rows,
+        eps,
+        y.view(x_rows.shape),
+        None if residual is None else s.view(x_rows.shape),
+        mean,
+        rstd,
+    )
+    return y, s, mean, rstd
+
+
+@_layer_norm_fwd_op.register_fake
+def _(x, weight, bias, residual, eps):
+    n_rows = math.prod(x.shape[:-1])
+    s = x.new_empty(0) if residual is None else torch.empty_like(x, memory_format=torch.contiguous_format)
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        s,
+        x.new_empty(n_rows, dtype=torch.float32),
+        x.new_empty(n_rows, dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("fastdeit::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(
+    dy: torch.Tensor,
+    ds: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) for y = LN(s); dx includes ds; dweight, dbias in weight's dtype."""
+    s_rows = _rows("s", s, s)
+    n_rows, n_cols = s_rows.shape
+    dx = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+    n_programs = max(1, min(_bwd_programs(s.device), triton.cdiv(n_rows, _tile(n_cols)[0])))
+    dweight_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
+    dbias_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
+    launch_layer_norm_bwd(
+        _rows("dy", dy, s),
+        None if ds is None else _rows("ds", ds, s),
+        s_rows,
+        weight,
+        mean,
+        rstd,
+        dx.view(s_rows.shape),
+        dweight_partial,
+        dbias_partial,
+    )
+    return dx, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
+
+
+@_layer_norm_bwd_op.register_fake
+def _(dy, ds, s, weight, mean, rstd):
+    return (
+        torch.empty_like(s, memory_format=torch.contiguous_format),
+        torch.empty_like(weight),
+        torch.empty_like(weight),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, residual, _eps = inputs
+    _y, s, mean, rstd = output
+    ctx.save_for_backward(x if residual is None else s, weight, mean, rstd)
+    ctx.has_bias = bias is not None
+    ctx.has_residual = residual is not None
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dy, ds, _dmean, _drstd):
+    s, weight, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(s)  # only the s output was used downstream
+    ds = ds if ctx.has_residual else None
+    dx, dweight, dbias = torch.ops.fastdeit.layer_norm_bwd(dy, ds, s, weight, mean, rstd)
+    return dx, dweight, dbias if ctx.has_bias else None, dx if ctx.has_residual else None, None
+
+
+_layer_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def layer_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm over the last dim of x, optionally after a fused residual add.
+
+    Args:
+        x: (..., C), fp32, fp16 or bf16; any strides.
+        weight: (C,), a floating dtype (may differ from x's, e.g. fp32 params with bf16 activations).
+        bias: (C,) in weight's dtype, or None.
+        eps: added to the variance.
+        residual: (..., C) like x, or None.
+
+    Returns:
+        Without a residual, y (..., C) = LN(x) in x's dtype. With one, (y, s): s (..., C) = x + residual in x's
+        dtype and y = LN(s). Statistics are fp32. Gradients flow to x, residual, weight and bias (and into both
+        y and s when both are used downstream).
+    """
+    y, s, _mean, _rstd = torch.ops.fastdeit.layer_norm_fwd(x, weight, bias, residual, eps)
+    return y if residual is None else (y, s)

@@ -1,0 +1,481 @@
+"""Linear layer with a fused epilogue: out = act(x @ weight.T + bias) + residual.
+
+Forward, with x (M, K) (leading dims flattened), weight (N, K) in nn.Linear layout, fp32 accumulation:
+    pre = x @ weight.T + bias                     (the pre-activation, (M, N))
+    out = act(pre) + residual                     act: identity, or exact GELU(z) = z * Phi(z)
+                                                  with Phi(z) = (1 + erf(z / sqrt(2))) / 2
+Backward, with dout the grad of out:
+    dz        = dout * act'(pre)                  GELU'(z) = Phi(z) + z * exp(-z^2 / 2) / sqrt(2 pi)
+    dx        = dz @ weight,   dweight = dz.T @ x,   dbias = sum over rows of dz,   dresidual = dout
+The backward matmuls run on torch (cuBLAS); dz is a small Triton elementwise kernel.
+
+Two forward paths, picked per shape by `_use_triton_matmul`:
+  * a Triton matmul (tiles, `tl.dot`, fp32 accumulator, grouped program order for L2 reuse) with
+    bias, GELU and residual applied to the accumulator before the single store;
+  * cuBLAS `addmm` (bias fused there) followed by a Triton elementwise kernel for GELU and the residual.
+fp32 inputs use IEEE fp32 products in `tl.dot` (no tf32), matching torch's default fp32 matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._utils import check_same, check_tensor, is_interpreter
+
+_OP = "linear"
+ACTIVATIONS = (None, "gelu")
+
+# Hopper-oriented tile sweep, keyed on (N, K) only: M is batch * tokens and would re-tune on every batch size.
+# Under the interpreter a single small config (no tuning runs); tiles of 32 still leave partial edge tiles in tests.
+if is_interpreter():
+    _MATMUL_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
+else:
+    _MATMUL_CONFIGS = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+        for bm, bn, bk, w, st in (
+            (128, 256, 64, 8, 3),
+            (256, 128, 64, 8, 3),
+            (128, 128, 64, 8, 4),
+            (128, 128, 64, 4, 4),
+            (128, 64, 64, 4, 4),
+            (64, 128, 64, 4, 4),
+            (128, 128, 32, 4, 4),
+            (64, 64, 64, 4, 5),
+            (128, 32, 64, 4, 4),
+            (64, 32, 32, 2, 5),
+        )
+    ]
+
+# Elementwise (epilogue and GELU backward) tile.
+_EW_BLOCK_M = 16
+_EW_BLOCK_N = 128
+
+
+@triton.jit
+def _gelu(z):
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))  # 1 / sqrt(2)
+
+
+@triton.jit
+def _gelu_grad(z):
+    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))  # 1 / sqrt(2)
+    pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327  # 1 / sqrt(2 pi)
+    return cdf + z * pdf
+
+
+@triton.autotune(configs=_MATMUL_CONFIGS, key=["N", "K"])
+@triton.jit
+def _linear_kernel(
+    x_ptr,
+    weight_ptr,
+    bias_ptr,
+    residual_ptr,
+    out_ptr,
+    pre_ptr,
+    M,
+    N,
+    K,
+    stride_x_m,
+    stride_x_k,
+    stride_weight_n,
+    stride_weight_k,
+    stride_residual_m,
+    stride_out_m,
+    stride_pre_m,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PRE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Grouped order: GROUP_M row-tiles share each column-tile of weight while it is still in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_size_m
+    pid_n = (pid % pids_per_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows/cols past the edge wrap around for the loads (always in bounds, no mask); they are never stored.
+    load_m = (offs_m % M).to(tl.int64)
+    load_n = (offs_n % N).to(tl.int64)
+    x_ptrs = x_ptr + load_m[:, None] * stride_x_m + offs_k[None, :] * stride_x_k
+    weight_t_ptrs = weight_ptr + load_n[None, :] * stride_weight_n + offs_k[:, None] * stride_weight_k
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        x_tile = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+        weight_t_tile = tl.load(weight_t_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = tl.dot(x_tile, weight_t_tile, acc, input_precision=INPUT_PRECISION)
+        x_ptrs += BLOCK_K * stride_x_k
+        weight_t_ptrs += BLOCK_K * stride_weight_k
+
+    out_m = offs_m.to(tl.int64)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + load_n).to(tl.float32)[None, :]
+    if SAVE_PRE:
+        tl.store(pre_ptr + out_m[:, None] * stride_pre_m + offs_n[None, :], acc.to(pre_ptr.dtype.element_ty), mask=mask)
+    if ACTIVATION == "gelu":
+        acc = _gelu(acc)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + out_m[:, None] * stride_residual_m + offs_n[None, :], mask=mask, other=0.0)
+        acc += residual.to(tl.float32)
+    tl.store(out_ptr + out_m[:, None] * stride_out_m + offs_n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_epilogue_kernel(
+    pre_ptr,
+    residual_ptr,
+    out_ptr,
+    M,
+    N,
+    stride_pre_m,
+    stride_residual_m,
+    stride_out_m,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    z = tl.load(pre_ptr + offs_m[:, None] * stride_pre_m + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    if ACTIVATION == "gelu":
+        z = _gelu(z)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + offs_m[:, None] * stride_residual_m + offs_n[None, :], mask=mask, other=0.0)
+        z += residual.to(tl.float32)
+    tl.store(out_ptr + offs_m[:, None] * stride_out_m + offs_n[None, :], z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gelu_bwd_kernel(
+    dout_ptr,
+    pre_ptr,
+    dz_ptr,
+    M,
+    N,
+    stride_dout_m,
+    stride_pre_m,
+    stride_dz_m,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    dout = tl.load(dout_ptr + offs_m[:, None] * stride_dout_m + offs_n[None, :], mask=mask, other=0.0)
+    z = tl.load(pre_ptr + offs_m[:, None] * stride_pre_m + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    dz = dout.to(tl.float32) * _gelu_grad(z)
+    tl.store(dz_ptr + offs_m[:, None] * stride_dz_m + offs_n[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+def _check_activation(activation: object) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{_OP}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _check_matrix(
+    name: str, t: object, shape: tuple[int, int], like: torch.Tensor, *, unit_col_stride: bool = True
+) -> torch.Tensor:
+    """A 2-D tensor of `shape` with `like`'s dtype and device (and, by default, unit stride along its last dim)."""
+    t = check_tensor(_OP, name, t, ndim=2)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    check_same(_OP, "x", like, **{name: t})
+    if unit_col_stride and shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
+        raise ValueError(f"{_OP}: {name} must have unit stride along its last dim, got strides {t.stride()}")
+    return t
+
+
+def _check_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
+) -> tuple[int, int, int]:
+    """Check the (M, K) x, (N, K) weight, (N,) bias and (M, N) residual of one linear; returns (M, N, K)."""
+    x = check_tensor(_OP, "x", x, ndim=2)
+    M, K = x.shape
+    N = check_tensor(_OP, "weight", weight, ndim=2).shape[0]
+    _check_matrix("weight", weight, (N, K), x, unit_col_stride=False)
+    if bias is not None:
+        check_same(_OP, "x", x, bias=check_tensor(_OP, "bias", bias, ndim=1))
+        if bias.shape[0] != N or (N > 1 and bias.stride(0) != 1):
+            raise ValueError(f"{_OP}: bias must be contiguous of shape ({N},), got {tuple(bias.shape)}")
+    if residual is not None:
+        _check_matrix("residual", residual, (M, N), x)
+    return M, N, K
+
+
+def launch_linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    out: torch.Tensor,
+    pre: torch.Tensor | None,
+) -> None:
+    """Triton matmul: write act(x @ weight.T + bias) + residual into `out`, and x @ weight.T + bias into `pre`.
+
+    x: (M, K), any strides; weight: (N, K), any strides; bias: (N,) or None; residual, out, pre: (M, N) with unit
+    stride along N; residual and pre may be None. All in x's dtype and on x's device.
+    """
+    M, N, K = _check_inputs(x, weight, bias, residual)
+    out = _check_matrix("out", out, (M, N), x)
+    if pre is not None:
+        pre = _check_matrix("pre", pre, (M, N), x)
+    _check_activation(activation)
+    if M == 0 or N == 0:
+        return
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    _linear_kernel[grid](
+        x,
+        weight,
+        out if bias is None else bias,  # not read without HAS_BIAS
+        out if residual is None else residual,  # not read without HAS_RESIDUAL
+        out,
+        out if pre is None else pre,  # not written without SAVE_PRE
+        M,
+        N,
+        K,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        0 if residual is None else residual.stride(0),
+        out.stride(0),
+        0 if pre is None else pre.stride(0),
+        HAS_BIAS=bias is not None,
+        ACTIVATION=activation or "none",
+        HAS_RESIDUAL=residual is not None,
+        SAVE_PRE=pre is not None,
+        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # "tf32" is the default; only fp32 reads it
+    )
+
+
+def launch_linear_epilogue(
+    pre: torch.Tensor, residual: torch.Tensor | None, activation: str | None, out: torch.Tensor
+) -> None:
+    """Elementwise: write act(pre) + residual into `out`. pre, residual, out: (M, N), unit stride along N."""
+    pre = check_tensor(_OP, "pre", pre, ndim=2)
+    M, N = pre.shape
+    pre = _check_matrix("pre", pre, (M, N), pre)
+    if residual is not None:
+        residual = _check_matrix("residual", residual, (M, N), pre)
+    out = _check_matrix("out", out, (M, N), pre)
+    _check_activation(activation)
+    if M == 0 or N == 0:
+        return
+    _linear_epilogue_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
+        pre,
+        pre if residual is None else residual,  # not read without HAS_RESIDUAL
+        out,
+        M,
+        N,
+        pre.stride(0),
+        0 if residual is None else residual.stride(0),
+        out.stride(0),
+        ACTIVATION=activation or "none",
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_M=_EW_BLOCK_M,
+        BLOCK_N=_EW_BLOCK_N,
+    )
+
+
+def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> None:
+    """Elementwise: write dz = dout * GELU'(pre). dout, pre, dz: (M, N), unit stride along N, one dtype."""
+    dout = check_tensor(_OP, "dout", dout, ndim=2)
+    M, N = dout.shape
+    dout = _check_matrix("dout", dout, (M, N), dout)
+    pre = _check_matrix("pre", pre, (M, N), dout)
+    dz = _check_matrix("dz", dz, (M, N), dout)
+    if M == 0 or N == 0:
+        return
+    _gelu_bwd_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
+        dout,
+        pre,
+        dz,
+        M,
+        N,
+        dout.stride(0),
+        pre.stride(0),
+        dz.stride(0),
+        BLOCK_M=_EW_BLOCK_M,
+        BLOCK_N=_EW_BLOCK_N,
+    )
+
+
+def linear_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain torch `linear`, in the inputs' dtype: F.linear, then F.gelu (exact erf), then the residual add."""
+    _check_activation(activation)
+    out = F.linear(x, weight, bias)
+    if activation == "gelu":
+        out = F.gelu(out)
+    return out if residual is None else out + residual
+
+
+def _use_triton_matmul(M: int, N: int, K: int, dtype: torch.dtype) -> bool:
+    """Forward path policy: True for the fused Triton matmul, False for cuBLAS addmm + the Triton epilogue kernel.
+
+    Not yet measured on a GPU: always the Triton matmul for now. A GPU session should time both paths on the DeiT
+    shapes (qkv, proj, fc1 with GELU, fc2 with residual; M = batch * tokens) and return False where cuBLAS wins.
+    """
+    return True
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """`t` (..., width) as (rows, width) with unit stride along width; copies only when it must."""
+    rows = t.reshape(-1, width)
+    return rows if rows.stride(1) == 1 else rows.contiguous()
+
+
+@torch.library.custom_op("fastdeit::linear_fwd", mutates_args=())
+def _linear_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    save_pre: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, pre): out (..., N); pre (..., N) = x @ weight.T + bias when save_pre and activation == "gelu", else empty.
+
+    pre is what the GELU backward needs; saving it (one extra write in the forward) is chosen over recomputing
+    it in the backward, which would cost a full extra matmul. It matches what eager nn.Linear + nn.GELU keep.
+    """
+    if check_tensor(_OP, "x", x).dim() == 0:
+        raise ValueError(f"{_OP}: x must have at least one dim (..., K), got a 0-D tensor")
+    N, K = check_tensor(_OP, "weight", weight, ndim=2).shape
+    if x.shape[-1] != K:
+        raise ValueError(f"{_OP}: x's last dim must equal weight.shape[1] = {K}, got x of shape {tuple(x.shape)}")
+    out_shape = (*x.shape[:-1], N)
+    if residual is not None and tuple(check_tensor(_OP, "residual", residual).shape) != out_shape:
+        raise ValueError(f"{_OP}: residual must have shape {out_shape}, got {tuple(residual.shape)}")
+    _check_activation(activation)
+    x_rows = x.reshape(-1, K)
+    M = x_rows.shape[0]
+    residual_rows = None if residual is None else _rows(residual, N)
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    keep_pre = save_pre and activation == "gelu"
+    pre = torch.empty(out_shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
+    out_rows = out.view(M, N)
+    if _use_triton_matmul(M, N, K, x.dtype):
+        launch_linear_fwd(
+            x_rows, weight, bias, residual_rows, activation, out_rows, pre.view(M, N) if keep_pre else None
+        )
+        return out, pre
+    _check_inputs(x_rows, weight, bias, residual_rows)
+    if activation is None and residual is None:
+        pre_rows = out_rows
+    else:
+        pre_rows = pre.view(M, N) if keep_pre else torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if bias is None:
+        torch.mm(x_rows, weight.t(), out=pre_rows)
+    else:
+        torch.addmm(bias, x_rows, weight.t(), out=pre_rows)
+    if pre_rows is not out_rows:
+        launch_linear_epilogue(pre_rows, residual_rows, activation, out_rows)
+    return out, pre
+
+
+@_linear_fwd_op.register_fake
+def _(x, weight, bias, residual, activation, save_pre):
+    out_shape = (*x.shape[:-1], weight.shape[0])
+    pre = x.new_empty(out_shape) if save_pre and activation == "gelu" else x.new_empty(0)
+    return x.new_empty(out_shape), pre
+
+
+@torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
+def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """dz (..., N) = dout * GELU'(pre); dout, pre: (..., N)."""
+    check_tensor(_OP, "dout", dout)
+    if dout.shape != check_tensor(_OP, "pre", pre).shape:
+        raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
+    N = dout.shape[-1]
+    dz = torch.empty(dout.shape, dtype=dout.dtype, device=dout.device)
+    launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
+    return dz
+
+
+@_gelu_bwd_op.register_fake
+def _(dout, pre):
+    return torch.empty_like(dout, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, _residual, activation, _save_pre = inputs
+    _out, pre = output
+    ctx.save_for_backward(x, weight, pre)
+    ctx.activation = activation
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.mark_non_differentiable(pre)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dout, _dpre):
+    x, weight, pre = ctx.saved_tensors
+    needs_x, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
+    dx = dweight = dbias = None
+    if dout is not None and (needs_x or needs_weight or needs_bias):
+        dz = dout
+        if ctx.activation == "gelu":
+            if pre.shape != dout.shape:
+                raise RuntimeError(f"{_OP}: backward through GELU needs the forward to run with save_pre=True")
+            dz = torch.ops.fastdeit.linear_gelu_bwd(dout, pre)
+        dz_rows = dz.reshape(-1, weight.shape[0])
+        if needs_x:
+            dx = (dz_rows @ weight).reshape(x.shape)
+        if needs_weight:
+            dweight = dz_rows.t() @ x.reshape(-1, weight.shape[1])
+        if needs_bias:
+            dbias = dz_rows.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+    dresidual = dout if needs_residual else None
+    return dx, dweight, dbias, dresidual, None, None
+
+
+_linear_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out = act(x @ weight.T + bias) + residual, in one kernel where `_use_triton_matmul` says so.
+
+    Args:
+        x: (..., K), fp32, fp16 or bf16; any strides.
+        weight: (N, K) (nn.Linear layout), x's dtype.
+        bias: (N,) in x's dtype, or None.
+        activation: None or "gelu" (exact erf GELU, as nn.GELU()).
+        residual: (..., N) in x's dtype, or None; added after the activation.
+
+    Returns:
+        out (..., N) in x's dtype, accumulated in fp32. Differentiable in x, weight, bias and residual.
+    """
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad)
+    return out

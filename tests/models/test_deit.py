@@ -1,0 +1,186 @@
+"""The 8 DeiT models: architecture, forward/backward, timm behaviour, bad input."""
+
+import pytest
+import torch
+
+import fastdeit
+from fastdeit.models import MODEL_CONFIGS
+from tests.helpers import small_model
+
+# Parameter counts of timm's models (timm's results tables), in millions, 2 decimals.
+TIMM_PARAMS_M = {
+    "deit_tiny_patch16_224": 5.72,
+    "deit_small_patch16_224": 22.05,
+    "deit_base_patch16_224": 86.57,
+    "deit_base_patch16_384": 86.86,
+    "deit_tiny_distilled_patch16_224": 5.91,
+    "deit_small_distilled_patch16_224": 22.44,
+    "deit_base_distilled_patch16_224": 87.34,
+    "deit_base_distilled_patch16_384": 87.63,
+}
+# Forward GMACs of timm's models (../shared/ANCHORS.md).
+TIMM_GMACS = {
+    "deit_tiny_patch16_224": 1.26,
+    "deit_small_patch16_224": 4.61,
+    "deit_base_patch16_224": 17.58,
+    "deit_base_patch16_384": 55.54,
+    "deit_tiny_distilled_patch16_224": 1.27,
+    "deit_small_distilled_patch16_224": 4.63,
+    "deit_base_distilled_patch16_224": 17.68,
+    "deit_base_distilled_patch16_384": 55.65,
+}
+
+
+def test_list_models():
+    assert fastdeit.list_models() == sorted(TIMM_PARAMS_M)
+    assert len(fastdeit.list_models()) == 8
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_PARAMS_M))
+def test_every_model_forward_backward(name):
+    """Full-size model, batch 1: output shape, every parameter gets a finite gradient, timm's size."""
+    model = fastdeit.create_model(name, backend="torch")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 2) == TIMM_PARAMS_M[name]
+    # Matmul MACs only; timm's counter also counts a few elementwise ops, so allow 1%.
+    assert model.flops_per_image() / 2e9 == pytest.approx(TIMM_GMACS[name], rel=1e-2)
+    assert model.pretrained_cfg["input_size"] == (3, *model.img_size)
+    distilled = MODEL_CONFIGS[name]["distilled"]
+    model.train()
+    if distilled:
+        model.set_distilled_training(True)
+    x = torch.randn(1, 3, *model.img_size)
+    out = model(x)
+    outs = out if distilled else (out,)
+    assert len(outs) == (2 if distilled else 1)
+    loss = sum((o.float() ** 2).mean() for o in outs)
+    assert all(o.shape == (1, 1000) and torch.isfinite(o).all() for o in outs)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+    assert sum(p.grad.abs().sum() for p in model.parameters()) > 0
+
+
+def test_distilled_eval_is_mean_of_heads():
+    model = small_model(distilled=True)
+    x = torch.randn(3, 3, 32, 32)
+    model.train()
+    model.set_distilled_training(True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        cls, dist = model(x)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(out, (cls + dist) / 2)
+    assert not torch.allclose(cls, dist)  # two different heads, so the mean is a real test
+    torch.testing.assert_close(pre, (feats[:, 0] + feats[:, 1]) / 2)
+    assert feats.shape == (3, 2 + 16, 64)
+
+
+def test_distilled_training_off_returns_mean_in_train_mode():
+    model = small_model(distilled=True).train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+def test_non_distilled_forward_head_pre_logits():
+    model = small_model(distilled=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 1 + 16, 64)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), feats[:, 0])
+    torch.testing.assert_close(model(x), model.head(feats[:, 0]))
+
+
+def test_reset_classifier():
+    model = small_model(distilled=True)
+    model.reset_classifier(3)
+    assert model.head.out_features == 3 and model.head_dist.out_features == 3
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    model.reset_classifier(0)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 64)
+    with pytest.raises(ValueError, match="num_classes must be >= 0"):
+        model.reset_classifier(-1)
+
+
+def test_grad_checkpointing_matches():
+    torch.manual_seed(0)
+    model = small_model(distilled=False).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+def test_drop_path_is_stochastic_in_training_only():
+    model = small_model(distilled=False, drop_path_rate=0.5)
+    assert model.blocks[0].drop_path1.drop_prob == 0.0 and model.blocks[-1].drop_path1.drop_prob == 0.5
+    x = torch.randn(8, 3, 32, 32)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_dynamic_img_size_resamples_pos_embed():
+    model = small_model(distilled=True, dynamic_img_size=True).eval()
+    out = model(torch.randn(2, 3, 48, 40))
+    assert out.shape == (2, 10)
+    assert model.forward_features(torch.randn(1, 3, 48, 40)).shape == (1, 2 + 6 * 5, 64)
+
+
+def test_other_backbones_through_layer_arguments():
+    """Blocks take norm/attn/mlp layers; foreign layers (no residual argument) get plain adds."""
+    from torch import nn
+
+    model = small_model(distilled=False, norm_layer=lambda d: nn.LayerNorm(d, eps=1e-6))
+    ref = small_model(distilled=False)
+    ref.load_state_dict(model.state_dict())
+    assert not model.blocks[0].fused and ref.blocks[0].fused
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), ref.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((2, 3, 30, 32), "not a multiple of the patch size"),
+        ((2, 1, 32, 32), "expected 3 input channels"),
+        ((3, 32, 32), "4-D image batch"),
+        ((2, 3, 48, 48), "expected images of size 32x32"),
+    ],
+)
+def test_bad_input_shapes(shape, match):
+    model = small_model()
+    with pytest.raises(ValueError, match=match):
+        model(torch.randn(*shape))
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="needs a distilled model"):
+        small_model(distilled=False).set_distilled_training(True)
+    with pytest.raises(ValueError, match="unknown model 'deit_tiny'.*did you mean"):
+        fastdeit.create_model("deit_tiny")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastdeit.create_model("deit_tiny_patch16_224", backend="cuda")
+    with pytest.raises(ValueError, match="img_size must be a multiple of patch_size"):
+        fastdeit.create_model("deit_tiny_patch16_224", img_size=100)
+    with pytest.raises(ValueError, match="unknown arguments"):
+        fastdeit.create_model("deit_tiny_patch16_224", embed_dimm=10)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        fastdeit.create_model("deit_tiny_patch16_224", embed_dim=100, num_heads=3)
+
+
+def test_triton_backend_on_plain_cpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = small_model(backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        model(torch.randn(1, 3, 32, 32))
