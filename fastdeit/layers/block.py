@@ -39,17 +39,40 @@ class Block(nn.Module):
         super().__init__()
         if init_values is not None:
             raise ValueError("init_values (LayerScale) is not used by DeiT and is not supported")
-        self.norm1 = norm_layer(dim)
-        self.attn = attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
-                               attn_drop=attn_drop, proj_drop=proj_drop)  # fmt: skip
+        self._assemble(
+            norm_layer(dim),
+            attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
+                       proj_drop=proj_drop),
+            norm_layer(dim),
+            mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop),
+            drop_path,
+        )  # fmt: skip
+
+    def _assemble(self, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module, drop_path: float) -> None:
+        self.norm1 = norm1
+        self.attn = attn
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
-                             drop=proj_drop)  # fmt: skip
+        self.norm2 = norm2
+        self.mlp = mlp
         self.drop_path2 = DropPath(drop_path)
         self.fused = all(isinstance(m, (LayerNorm, Attention, Mlp)) for m in (self.norm2, self.attn, self.mlp))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_modules(cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module,
+                     drop_path: float = 0.0) -> Block:  # fmt: skip
+        """A block around existing modules (used by `fastdeit.patch` to wrap another model's layers)."""
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block._assemble(norm1, attn, norm2, mlp, drop_path)
+        return block
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **kwargs: object
+    ) -> torch.Tensor:
+        # timm and Hugging Face call blocks with an optional attention mask (and HF with extra keyword
+        # arguments for its output recorders); DeiT uses no mask.
+        if attn_mask is not None or is_causal:
+            raise ValueError("fastdeit's Block has no attention mask or causal mode (DeiT uses neither)")
         if not self.fused:
             x = x + self.drop_path1(self.attn(self.norm1(x)))
             return x + self.drop_path2(self.mlp(self.norm2(x)))

@@ -1,0 +1,5 @@
+import sys
+
+from fastdeit.cli import main
+
+sys.exit(main())
