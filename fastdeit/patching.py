@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastdeit.layers import Attention, Block, LayerNorm, Mlp, check_backend
+from fastdeit.layers import Attention, Block, LayerNorm, Mlp, prepare
 from fastdeit.models import VisionTransformer
 
 SUPPORTED = (
@@ -144,7 +144,7 @@ def patch(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     `backend` is "auto" (fused Triton kernels on CUDA, PyTorch elsewhere), "triton" or "torch".
     Returns `model`. Raises TypeError for model types it does not know (listing those it supports).
     """
-    check_backend(backend)
+    prepare(backend)
     cls = type(model)
     name, module = cls.__name__, cls.__module__
     if isinstance(model, VisionTransformer):

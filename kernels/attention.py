@@ -90,28 +90,59 @@ _PREPROCESS_BLOCK_M = 64
 # Kernels
 # ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
+def _load_rows(ptr, rows, offs_d, stride_n, stride_d, seq_len, MASK: tl.constexpr):
+    """The (len(rows), HEAD_DIM) tile ptr[rows, :]; with MASK, rows past seq_len read as 0."""
+    ptrs = ptr + rows[:, None] * stride_n + offs_d[None, :] * stride_d
+    if MASK:
+        tile = tl.load(ptrs, mask=(rows < seq_len)[:, None], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def _load_stat(ptr, rows, seq_len, MASK: tl.constexpr):
+    """The per-row fp32 statistic ptr[rows]; with MASK, rows past seq_len read as 0."""
+    if MASK:
+        stat = tl.load(ptr + rows, mask=rows < seq_len, other=0.0)
+    else:
+        stat = tl.load(ptr + rows)
+    return stat
+
+
+@triton.jit
+def _store_rows(ptr, rows, offs_d, stride_n, stride_d, seq_len, tile):
+    """ptr[rows, :] = tile for the rows below seq_len, converted to ptr's dtype."""
+    ptrs = ptr + rows[:, None] * stride_n + offs_d[None, :] * stride_d
+    tl.store(ptrs, tile.to(ptr.dtype.element_ty), mask=(rows < seq_len)[:, None])
+
+
+@triton.jit
 def _fwd_tile(
     acc,
     m_i,
     l_i,
     q,
-    kt_ptrs,
-    v_ptrs,
-    key_valid,
+    k_ptr,
+    v_ptr,
+    key_rows,
+    offs_d,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    seq_len,
     qk_scale,
     MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """One online-softmax step over a tile of keys; MASK handles the ragged last tile."""
+    """One online-softmax step over the keys key_rows; MASK handles the ragged last tile. (Pointers are rebuilt from
+    the row offsets in each step: carrying 2-D pointer tensors across the loop costs registers and spills.)"""
+    k = _load_rows(k_ptr, key_rows, offs_d, stride_kn, stride_kd, seq_len, MASK)
+    v = _load_rows(v_ptr, key_rows, offs_d, stride_vn, stride_vd, seq_len, MASK)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASK:
-        kt = tl.load(kt_ptrs, mask=key_valid[None, :], other=0.0)
-        v = tl.load(v_ptrs, mask=key_valid[:, None], other=0.0)
-    else:
-        kt = tl.load(kt_ptrs)
-        v = tl.load(v_ptrs)
-    s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-    if MASK:
-        s = s
+        s = tl.where((key_rows < seq_len)[None, :], s, float("-inf"))
     # Every tile holds at least one valid key, so m_new is finite and exp2(-inf - m_new) = 0 on the first tile.
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
@@ -167,53 +198,28 @@ def _attn_fwd_kernel(
     out_ptr += off_b * stride_ob + off_h * stride_oh
     lse_ptr += bh.to(tl.int64) * seq_len
 
-    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    query_rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_valid = offs_m < seq_len
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=row_valid[:, None], other=0.0)
-
+    q = _load_rows(q_ptr, query_rows, offs_d, stride_qn, stride_qd, seq_len, MASK=True)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    kt_ptrs = k_ptr + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     full_end = (seq_len // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(
-            acc,
-            m_i,
-            l_i,
-            q,
-            kt_ptrs + start_n * stride_kn,
-            v_ptrs + start_n * stride_vn,
-            offs_n,
-            qk_scale,
-            MASK=False,
-            DOT_PRECISION=DOT_PRECISION,
-        )
+            acc, m_i, l_i, q, k_ptr, v_ptr, start_n + offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
+            seq_len, qk_scale, MASK=False, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
     if full_end < seq_len:
         acc, m_i, l_i = _fwd_tile(
-            acc,
-            m_i,
-            l_i,
-            q,
-            kt_ptrs + full_end * stride_kn,
-            v_ptrs + full_end * stride_vn,
-            full_end + offs_n < seq_len,
-            qk_scale,
-            MASK=True,
-            DOT_PRECISION=DOT_PRECISION,
-        )
+            acc, m_i, l_i, q, k_ptr, v_ptr, full_end + offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
+            seq_len, qk_scale, MASK=True, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
 
-    out = acc / l_i[:, None]
-    tl.store(
-        out_ptr + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-        out.to(out_ptr.dtype.element_ty),
-        mask=row_valid[:, None],
-    )
+    _store_rows(out_ptr, query_rows, offs_d, stride_on, stride_od, seq_len, acc / l_i[:, None])
     # Stored in base 2 (L * log2(e)): the backward's exponent fma(q.k, s * log2(e), -L2) then rounds only once.
-    tl.store(lse_ptr + offs_m, m_i + tl.math.log2(l_i), mask=row_valid)
+    tl.store(lse_ptr + query_rows, m_i + tl.math.log2(l_i), mask=query_rows < seq_len)
 
 
 @triton.jit
@@ -240,25 +246,14 @@ def _attn_bwd_preprocess_kernel(
     bh = pid // num_m_blocks
     off_b = (bh // num_heads).to(tl.int64)
     off_h = (bh % num_heads).to(tl.int64)
-    offs_m = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = block_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_valid = offs_m < seq_len
-    out = tl.load(
-        out_ptr + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
-        mask=row_valid[:, None],
-        other=0.0,
-    )
-    d_out = tl.load(
-        d_out_ptr
-        + off_b * stride_dob
-        + off_h * stride_doh
-        + offs_m[:, None] * stride_don
-        + offs_d[None, :] * stride_dod,
-        mask=row_valid[:, None],
-        other=0.0,
+    out = _load_rows(out_ptr + off_b * stride_ob + off_h * stride_oh, rows, offs_d, stride_on, stride_od, seq_len, True)
+    d_out = _load_rows(
+        d_out_ptr + off_b * stride_dob + off_h * stride_doh, rows, offs_d, stride_don, stride_dod, seq_len, True
     )
     delta = tl.sum(out.to(tl.float32) * d_out.to(tl.float32), 1)
-    tl.store(delta_ptr + bh.to(tl.int64) * seq_len + offs_m, delta, mask=row_valid)
+    tl.store(delta_ptr + bh.to(tl.int64) * seq_len + rows, delta, mask=rows < seq_len)
 
 
 @triton.jit
@@ -267,29 +262,28 @@ def _bwd_dkdv_tile(
     dv,
     k,
     v,
-    q_ptrs,
-    d_out_ptrs,
-    lse_ptrs,
-    delta_ptrs,
-    query_valid,
+    q_ptr,
+    d_out_ptr,
+    lse_ptr,
+    delta_ptr,
+    query_rows,
+    offs_d,
+    stride_qn,
+    stride_qd,
+    stride_don,
+    stride_dod,
+    seq_len,
     qk_scale,
     MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Add one tile of queries' contribution to the owned keys' dK (unscaled) and dV; works on transposed scores."""
-    if MASK:
-        q = tl.load(q_ptrs, mask=query_valid[:, None], other=0.0)
-        d_out = tl.load(d_out_ptrs, mask=query_valid[:, None], other=0.0)
-        lse = tl.load(lse_ptrs, mask=query_valid, other=0.0)
-        delta = tl.load(delta_ptrs, mask=query_valid, other=0.0)
-    else:
-        q = tl.load(q_ptrs)
-        d_out = tl.load(d_out_ptrs)
-        lse = tl.load(lse_ptrs)
-        delta = tl.load(delta_ptrs)
+    """Add the queries query_rows' share of the owned keys' dK (unscaled) and dV; works on transposed scores.
+    Padded query rows need no masking: with q = 0 and L = 0 their P is 1, but their dO and q rows are zero."""
+    q = _load_rows(q_ptr, query_rows, offs_d, stride_qn, stride_qd, seq_len, MASK)
+    d_out = _load_rows(d_out_ptr, query_rows, offs_d, stride_don, stride_dod, seq_len, MASK)
+    lse = _load_stat(lse_ptr, query_rows, seq_len, MASK)
+    delta = _load_stat(delta_ptr, query_rows, seq_len, MASK)
     pt = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION), qk_scale, -lse[None, :]))
-    if MASK:
-        pt = tl.where(query_valid[None, :], pt, 0.0)
     dv = tl.dot(pt.to(d_out.dtype), d_out, dv, input_precision=DOT_PRECISION)
     dpt = tl.dot(v, tl.trans(d_out), input_precision=DOT_PRECISION)
     dst = pt * (dpt - delta[None, :])
@@ -304,23 +298,26 @@ def _bwd_dq_tile(
     d_out,
     lse,
     delta,
-    k_ptrs,
-    v_ptrs,
-    key_valid,
+    k_ptr,
+    v_ptr,
+    key_rows,
+    offs_d,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    seq_len,
     qk_scale,
     MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Add one tile of keys' contribution to the owned queries' dQ (unscaled)."""
-    if MASK:
-        k = tl.load(k_ptrs, mask=key_valid[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=key_valid[:, None], other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+    """Add the keys key_rows' share of the owned queries' dQ (unscaled)."""
+    k = _load_rows(k_ptr, key_rows, offs_d, stride_kn, stride_kd, seq_len, MASK)
+    v = _load_rows(v_ptr, key_rows, offs_d, stride_vn, stride_vd, seq_len, MASK)
     p = tl.math.exp2(tl.fma(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION), qk_scale, -lse[:, None]))
     if MASK:
-        p = tl.where(key_valid[None, :], p, 0.0)
+        # Padded keys score 0, so P = exp(-L) there, which overflows to inf (then NaN) when all scores are negative.
+        p = tl.where((key_rows < seq_len)[None, :], p, 0.0)
     dp = tl.dot(d_out, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
     dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -394,105 +391,46 @@ def _attn_bwd_kernel(
     lse_ptr += bh.to(tl.int64) * seq_len
     delta_ptr += bh.to(tl.int64) * seq_len
 
-    offs_own = block * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
+    own_rows = block * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
     offs_iter = tl.arange(0, BLOCK_ITER)
     offs_d = tl.arange(0, HEAD_DIM)
-    own_valid = offs_own < seq_len
     full_end = (seq_len // BLOCK_ITER) * BLOCK_ITER
 
     # dK, dV for the owned keys, looping over query tiles.
-    k = tl.load(k_ptr + offs_own[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=own_valid[:, None], other=0.0)
-    v = tl.load(v_ptr + offs_own[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=own_valid[:, None], other=0.0)
+    k = _load_rows(k_ptr, own_rows, offs_d, stride_kn, stride_kd, seq_len, MASK=True)
+    v = _load_rows(v_ptr, own_rows, offs_d, stride_vn, stride_vd, seq_len, MASK=True)
     dk = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
-    q_ptrs = q_ptr + offs_iter[:, None] * stride_qn + offs_d[None, :] * stride_qd
-    d_out_ptrs = d_out_ptr + offs_iter[:, None] * stride_don + offs_d[None, :] * stride_dod
     for start_m in range(0, full_end, BLOCK_ITER):
         dk, dv = _bwd_dkdv_tile(
-            dk,
-            dv,
-            k,
-            v,
-            q_ptrs + start_m * stride_qn,
-            d_out_ptrs + start_m * stride_don,
-            lse_ptr + start_m + offs_iter,
-            delta_ptr + start_m + offs_iter,
-            offs_iter,
-            qk_scale,
-            MASK=False,
-            DOT_PRECISION=DOT_PRECISION,
-        )
+            dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, start_m + offs_iter, offs_d,
+            stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale, MASK=False, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
     if full_end < seq_len:
         dk, dv = _bwd_dkdv_tile(
-            dk,
-            dv,
-            k,
-            v,
-            q_ptrs + full_end * stride_qn,
-            d_out_ptrs + full_end * stride_don,
-            lse_ptr + full_end + offs_iter,
-            delta_ptr + full_end + offs_iter,
-            full_end + offs_iter < seq_len,
-            qk_scale,
-            MASK=True,
-            DOT_PRECISION=DOT_PRECISION,
-        )
-    dk *= scale
-    tl.store(
-        dk_ptr + offs_own[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-        dk.to(dk_ptr.dtype.element_ty),
-        mask=own_valid[:, None],
-    )
-    tl.store(
-        dv_ptr + offs_own[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-        dv.to(dv_ptr.dtype.element_ty),
-        mask=own_valid[:, None],
-    )
+            dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, full_end + offs_iter, offs_d,
+            stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale, MASK=True, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
+    _store_rows(dk_ptr, own_rows, offs_d, stride_dkn, stride_dkd, seq_len, dk * scale)
+    _store_rows(dv_ptr, own_rows, offs_d, stride_dvn, stride_dvd, seq_len, dv)
 
     # dQ for the owned queries, looping over key tiles.
-    q = tl.load(q_ptr + offs_own[:, None] * stride_qn + offs_d[None, :] * stride_qd, mask=own_valid[:, None], other=0.0)
-    d_out = tl.load(
-        d_out_ptr + offs_own[:, None] * stride_don + offs_d[None, :] * stride_dod, mask=own_valid[:, None], other=0.0
-    )
-    lse = tl.load(lse_ptr + offs_own, mask=own_valid, other=0.0)
-    delta = tl.load(delta_ptr + offs_own, mask=own_valid, other=0.0)
+    q = _load_rows(q_ptr, own_rows, offs_d, stride_qn, stride_qd, seq_len, MASK=True)
+    d_out = _load_rows(d_out_ptr, own_rows, offs_d, stride_don, stride_dod, seq_len, MASK=True)
+    lse = _load_stat(lse_ptr, own_rows, seq_len, MASK=True)
+    delta = _load_stat(delta_ptr, own_rows, seq_len, MASK=True)
     dq = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
-    k_ptrs = k_ptr + offs_iter[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = v_ptr + offs_iter[:, None] * stride_vn + offs_d[None, :] * stride_vd
     for start_n in range(0, full_end, BLOCK_ITER):
         dq = _bwd_dq_tile(
-            dq,
-            q,
-            d_out,
-            lse,
-            delta,
-            k_ptrs + start_n * stride_kn,
-            v_ptrs + start_n * stride_vn,
-            offs_iter,
-            qk_scale,
-            MASK=False,
-            DOT_PRECISION=DOT_PRECISION,
-        )
+            dq, q, d_out, lse, delta, k_ptr, v_ptr, start_n + offs_iter, offs_d,
+            stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale, MASK=False, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
     if full_end < seq_len:
         dq = _bwd_dq_tile(
-            dq,
-            q,
-            d_out,
-            lse,
-            delta,
-            k_ptrs + full_end * stride_kn,
-            v_ptrs + full_end * stride_vn,
-            full_end + offs_iter < seq_len,
-            qk_scale,
-            MASK=True,
-            DOT_PRECISION=DOT_PRECISION,
-        )
-    dq *= scale
-    tl.store(
-        dq_ptr + offs_own[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
-        dq.to(dq_ptr.dtype.element_ty),
-        mask=own_valid[:, None],
-    )
+            dq, q, d_out, lse, delta, k_ptr, v_ptr, full_end + offs_iter, offs_d,
+            stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale, MASK=True, DOT_PRECISION=DOT_PRECISION,
+        )  # fmt: skip
+    _store_rows(dq_ptr, own_rows, offs_d, stride_dqn, stride_dqd, seq_len, dq * scale)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

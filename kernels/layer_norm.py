@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.autograd.function import FunctionCtx
 
 from ._utils import check_same, check_tensor
 
@@ -372,7 +373,9 @@ def _layer_norm_fwd_op(
 
 
 @_layer_norm_fwd_op.register_fake
-def _(x, weight, bias, residual, eps):
+def _(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n_rows = math.prod(x.shape[:-1])
     s = x.new_empty(0) if residual is None else torch.empty_like(x, memory_format=torch.contiguous_format)
     return (
@@ -414,7 +417,14 @@ def _layer_norm_bwd_op(
 
 
 @_layer_norm_bwd_op.register_fake
-def _(dy, ds, s, weight, mean, rstd):
+def _(
+    dy: torch.Tensor,
+    ds: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (
         torch.empty_like(s, memory_format=torch.contiguous_format),
         torch.empty_like(weight),
@@ -422,7 +432,7 @@ def _(dy, ds, s, weight, mean, rstd):
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, ...]) -> None:
     x, weight, bias, residual, _eps = inputs
     _y, s, mean, rstd = output
     ctx.save_for_backward(x if residual is None else s, weight, mean, rstd)
@@ -432,7 +442,13 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, ds, _dmean, _drstd):
+def _backward(
+    ctx: FunctionCtx,
+    dy: torch.Tensor | None,
+    ds: torch.Tensor | None,
+    _dmean: torch.Tensor | None,
+    _drstd: torch.Tensor | None,
+) -> tuple:
     s, weight, mean, rstd = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(s)  # only the s output was used downstream

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.autograd.function import FunctionCtx
 
 from ._utils import check_same, check_tensor, is_interpreter
 
@@ -89,7 +90,7 @@ def _linear_kernel(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PRE: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    IEEE_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -119,7 +120,10 @@ def _linear_kernel(
         k_left = K - k * BLOCK_K
         x_tile = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
         weight_t_tile = tl.load(weight_t_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        acc = tl.dot(x_tile, weight_t_tile, acc, input_precision=INPUT_PRECISION)
+        if IEEE_FP32:
+            acc = tl.dot(x_tile, weight_t_tile, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x_tile, weight_t_tile, acc)
         x_ptrs += BLOCK_K * stride_x_k
         weight_t_ptrs += BLOCK_K * stride_weight_k
 
@@ -192,13 +196,19 @@ def _check_activation(activation: object) -> None:
 
 
 def _check_matrix(
-    name: str, t: object, shape: tuple[int, int], like: torch.Tensor, *, unit_col_stride: bool = True
+    name: str,
+    t: object,
+    shape: tuple[int, int],
+    like: torch.Tensor,
+    like_name: str = "x",
+    *,
+    unit_col_stride: bool = True,
 ) -> torch.Tensor:
     """A 2-D tensor of `shape` with `like`'s dtype and device (and, by default, unit stride along its last dim)."""
     t = check_tensor(_OP, name, t, ndim=2)
     if tuple(t.shape) != shape:
         raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    check_same(_OP, "x", like, **{name: t})
+    check_same(_OP, like_name, like, **{name: t})
     if unit_col_stride and shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
         raise ValueError(f"{_OP}: {name} must have unit stride along its last dim, got strides {t.stride()}")
     return t
@@ -264,7 +274,7 @@ def launch_linear_fwd(
         ACTIVATION=activation or "none",
         HAS_RESIDUAL=residual is not None,
         SAVE_PRE=pre is not None,
-        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",  # "tf32" is the default; only fp32 reads it
+        IEEE_FP32=x.dtype == torch.float32,
     )
 
 
@@ -274,10 +284,10 @@ def launch_linear_epilogue(
     """Elementwise: write act(pre) + residual into `out`. pre, residual, out: (M, N), unit stride along N."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    pre = _check_matrix("pre", pre, (M, N), pre)
+    pre = _check_matrix("pre", pre, (M, N), pre, "pre")
     if residual is not None:
-        residual = _check_matrix("residual", residual, (M, N), pre)
-    out = _check_matrix("out", out, (M, N), pre)
+        residual = _check_matrix("residual", residual, (M, N), pre, "pre")
+    out = _check_matrix("out", out, (M, N), pre, "pre")
     _check_activation(activation)
     if M == 0 or N == 0:
         return
@@ -301,9 +311,9 @@ def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> 
     """Elementwise: write dz = dout * GELU'(pre). dout, pre, dz: (M, N), unit stride along N, one dtype."""
     dout = check_tensor(_OP, "dout", dout, ndim=2)
     M, N = dout.shape
-    dout = _check_matrix("dout", dout, (M, N), dout)
-    pre = _check_matrix("pre", pre, (M, N), dout)
-    dz = _check_matrix("dz", dz, (M, N), dout)
+    dout = _check_matrix("dout", dout, (M, N), dout, "dout")
+    pre = _check_matrix("pre", pre, (M, N), dout, "dout")
+    dz = _check_matrix("dz", dz, (M, N), dout, "dout")
     if M == 0 or N == 0:
         return
     _gelu_bwd_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -400,7 +410,14 @@ def _linear_fwd_op(
 
 
 @_linear_fwd_op.register_fake
-def _(x, weight, bias, residual, activation, save_pre):
+def _(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    save_pre: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape = (*x.shape[:-1], weight.shape[0])
     pre = x.new_empty(out_shape) if save_pre and activation == "gelu" else x.new_empty(0)
     return x.new_empty(out_shape), pre
@@ -419,11 +436,11 @@ def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 
 
 @_gelu_bwd_op.register_fake
-def _(dout, pre):
+def _(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(dout, memory_format=torch.contiguous_format)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, weight, bias, _residual, activation, _save_pre = inputs
     _out, pre = output
     ctx.save_for_backward(x, weight, pre)
@@ -433,7 +450,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, _dpre):
+def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor | None) -> tuple:
     x, weight, pre = ctx.saved_tensors
     needs_x, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     dx = dweight = dbias = None

@@ -5,7 +5,7 @@ decides which implementation runs.
 """
 
 from fastdeit.layers.attention import Attention
-from fastdeit.layers.backend import BACKENDS, check_backend, use_triton
+from fastdeit.layers.backend import BACKENDS, check_backend, prepare, use_triton
 from fastdeit.layers.block import Block
 from fastdeit.layers.drop import DropPath, drop_path
 from fastdeit.layers.mlp import Mlp
@@ -21,6 +21,7 @@ __all__ = [
     "Mlp",
     "PatchEmbed",
     "check_backend",
+    "prepare",
     "drop_path",
     "use_triton",
 ]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import check_backend, ops, use_triton
+from fastdeit.layers.backend import ops, prepare, use_triton
 from fastdeit.layers.linear import fused_linear
 
 
@@ -38,7 +38,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.backend = check_backend(backend)
+        self.backend = prepare(backend)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)

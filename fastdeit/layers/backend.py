@@ -9,7 +9,7 @@ Backends:
 
 from __future__ import annotations
 
-import functools
+import importlib
 import importlib.util
 import os
 from types import ModuleType
@@ -26,9 +26,12 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-@functools.cache
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+_ops_module: ModuleType | None = None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def _interpreting() -> bool:
@@ -51,6 +54,21 @@ def use_triton(backend: str, x: torch.Tensor) -> bool:
     return True
 
 
+def prepare(backend: str) -> str:
+    """Validate `backend` and, unless it is "torch", import the fused ops now (when a layer is built).
+
+    Importing here rather than in `forward` keeps `import fastdeit` free of triton and lets torch.compile
+    trace the layers without a graph break on the import.
+    """
+    global _ops_module
+    check_backend(backend)
+    if backend != "torch" and _TRITON_INSTALLED and _ops_module is None:
+        _ops_module = importlib.import_module("fastdeit.ops")
+    return backend
+
+
 def ops() -> ModuleType:
-    """The fused ops module, imported on first use so that `import fastdeit` never imports triton."""
-    return importlib.import_module("fastdeit.ops")
+    """The fused ops module (`fastdeit.ops`), imported by `prepare`."""
+    if _ops_module is None:
+        raise RuntimeError("fastdeit.ops is not loaded: build the layer with backend='triton' or 'auto'")
+    return _ops_module

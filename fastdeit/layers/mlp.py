@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastdeit.layers.backend import check_backend
+from fastdeit.layers.backend import prepare
 from fastdeit.layers.linear import fused_linear
 
 
@@ -35,7 +35,7 @@ class Mlp(nn.Module):
             raise ValueError("norm_layer inside the Mlp is not used by DeiT and is not supported")
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.backend = check_backend(backend)
+        self.backend = prepare(backend)
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import check_backend, ops, use_triton
+from fastdeit.layers.backend import ops, prepare, use_triton
 
 
 class LayerNorm(nn.LayerNorm):
@@ -19,7 +19,7 @@ class LayerNorm(nn.LayerNorm):
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6, *, backend: str = "auto", **kwargs) -> None:
         super().__init__(normalized_shape, eps=eps, **kwargs)
-        self.backend = check_backend(backend)
+        self.backend = prepare(backend)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None

@@ -83,7 +83,7 @@ def test_attention_matches_fp64(device, batch, heads, seq_len, head_dim, dtype, 
     _check_attention(q.to(dtype), k.to(dtype), v.to(dtype), d_out.to(dtype), scale)
 
 
-@pytest.mark.parametrize("layout", ["packed", "transposed", "d_strided"])
+@pytest.mark.parametrize("layout", ["packed", "transposed", "d_strided", "mixed"])
 def test_attention_non_contiguous_inputs(device, layout):
     batch, heads, seq_len, head_dim = 2, 2, 37, 32
     if layout == "packed":  # slices of timm's qkv projection output
@@ -91,8 +91,12 @@ def test_attention_non_contiguous_inputs(device, layout):
         q, k, v = qkv.unbind(0)
     elif layout == "transposed":  # (B, N, H, D) tensors seen as (B, H, N, D)
         q, k, v = (torch.randn(batch, seq_len, heads, head_dim, device=device).transpose(1, 2) for _ in range(3))
-    else:  # D not the innermost dim
+    elif layout == "d_strided":  # D not the innermost dim
         q, k, v = (torch.randn(batch, heads, head_dim, seq_len, device=device).transpose(2, 3) for _ in range(3))
+    else:  # a different layout for each of q, k, v
+        q = torch.randn(batch, heads, seq_len, head_dim + 8, device=device)[..., :head_dim]
+        k = torch.randn(batch, seq_len, heads, head_dim, device=device).transpose(1, 2)
+        v = torch.randn(heads, batch, head_dim, seq_len, device=device).permute(1, 0, 3, 2)
     assert not any(x.is_contiguous() for x in (q, k, v))
     d_out = torch.randn(batch, seq_len, heads, head_dim, device=device).transpose(1, 2)  # strided gradient too
     _check_attention(q, k, v, d_out)
@@ -107,6 +111,15 @@ def test_attention_expanded_grad_and_output_layout(device):
     expected = _run(attention, [q, k, v], torch.ones_like(out))
     for x, e in zip((q, k, v), expected[1:], strict=True):
         torch.testing.assert_close(x.grad.double(), e, atol=0, rtol=0)
+
+
+def test_attention_very_negative_scores(device):
+    """All scores around -128 (L ~ -125): a padded key in the ragged last tile would score 0 and get P = exp(-L) = inf
+    unless masked in every kernel. fp16 inputs (scores and softmax are fp32 all the same), whose rounding dwarfs the
+    fp32 rounding of scores this large that the backward's recompute of P meets twice."""
+    q, k, v, d_out = (torch.randn(1, 2, 37, 16, device=device) for _ in range(4))
+    q, k = -8.0 + 0.1 * q, 1.0 + 0.1 * k
+    _check_attention(q.half(), k.half(), v.half(), d_out.half(), scale=1.0)
 
 
 @pytest.mark.parametrize("seq_len", [1, 37])

@@ -1,0 +1,33 @@
+"""pytest set-up for `pytest benchmarks/ --benchmark-only`.
+
+Without a CUDA GPU the Triton kernels run in the interpreter, which must be switched on before triton is first
+imported: so here, first thing (as tests/conftest.py does). `--bench-csv PATH` also appends each measurement to a
+fastdeit results CSV (pytest-benchmark keeps its own JSON with --benchmark-json / --benchmark-autosave).
+"""
+
+import os
+import shutil
+import subprocess
+
+
+def _has_cuda_gpu() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+if not _has_cuda_gpu():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-csv", default=None, help="append each kernel measurement to this fastdeit results CSV")
+
+
+@pytest.fixture
+def bench_csv(request: pytest.FixtureRequest) -> str | None:
+    return request.config.getoption("--bench-csv")

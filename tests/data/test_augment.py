@@ -1,0 +1,66 @@
+import math
+
+import numpy as np
+import pytest
+
+from fastdeit.data.augment import (
+    CROP_ATTEMPTS,
+    RAND_AUGMENT_OPS,
+    SKIP_OP,
+    RandAugmentConfig,
+    crop_window,
+    sample_train_params,
+)
+
+
+def test_crop_window_bounds_area_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(8, 300, 2))
+        top, left, ch, cw = crop_window(rng.random((4, CROP_ATTEMPTS)), h, w)
+        assert 0 <= top <= h - ch and 0 <= left <= w - cw and 1 <= ch <= h and 1 <= cw <= w
+
+
+def test_crop_window_first_attempt_by_hand():
+    u = np.full((4, CROP_ATTEMPTS), 0.5)
+    # area (0.08 + 0.92 * 0.5) * 200 * 300 = 32400, ratio exp(0) = 1 -> 180 x 180; top 0; left at the far right
+    u[:, 0] = [0.5, 0.5, 0.0, 1.0 - 1e-9]
+    assert crop_window(u, 200, 300) == (0, 120, 180, 180)
+    u[:, 0] = [0.0, 0.5, 0.0, 0.0]  # area 0.08 * 60000 = 4800 -> round(69.28) = 69, top-left corner
+    assert crop_window(u, 200, 300) == (0, 0, 69, 69)
+    u[:, 0] = [1.0, 0.5, 0.0, 0.0]  # area 60000 -> 245 x 245 does not fit: the second attempt (all 0.5) is used
+    side = math.floor(math.sqrt(0.54 * 60000) + 0.5)
+    assert crop_window(u, 200, 300) == ((200 - side + 1) // 2, (300 - side + 1) // 2, side, side)
+
+
+def test_crop_window_fallback_is_centered_clamped_ratio():
+    u = np.zeros((4, CROP_ATTEMPTS))
+    u[0] = 1.0  # whole area, but ratio 3/4 on a 1:5 strip never fits
+    assert crop_window(u, 20, 100) == (0, (100 - 27) // 2, 20, 27)  # width round(20 * 4/3) = 27
+    assert crop_window(u, 100, 20) == ((100 - 27) // 2, 0, 27, 20)  # height round(20 / (3/4)) = 27
+
+
+def test_sample_train_params_shapes_and_probabilities():
+    rng = np.random.default_rng(0)
+    p = sample_train_params(rng, 4000, 224, RandAugmentConfig())
+    assert p.crop.shape == (4000, 4, CROP_ATTEMPTS) and p.crop.dtype == np.float32
+    assert p.flip.shape == (4000,) and abs(p.flip.mean() - 0.5) < 0.03
+    assert p.ra_ops.shape == (4000, 2) and p.ra_params.shape == (4000, 2, 2)
+    assert abs((p.ra_ops == SKIP_OP).mean() - 0.5) < 0.03
+    rotations = p.ra_params[p.ra_ops == RAND_AUGMENT_OPS.index("rotate")][:, 0]
+    assert 0.9 * 27 < np.abs(rotations).mean() < 1.1 * 27 and (rotations < 0).any() and (rotations > 0).any()
+    posterize = p.ra_params[p.ra_ops == RAND_AUGMENT_OPS.index("posterize")][:, 0]
+    assert set(posterize.tolist()) <= {0.0, 1.0, 2.0}  # 4 - int(0.4 * level), level ~ N(9, 0.5)
+    none = sample_train_params(rng, 3, 224, None)
+    assert none.ra_ops.shape == (3, 0)
+
+
+def test_rand_augment_config_from_timm():
+    assert RandAugmentConfig.from_timm("rand-m9-mstd0.5-inc1") == RandAugmentConfig()
+    assert RandAugmentConfig.from_timm("rand-m7-n3-inc1") == RandAugmentConfig(num_ops=3, magnitude=7.0)
+    with pytest.raises(ValueError, match="increasing op set"):
+        RandAugmentConfig.from_timm("rand-m9-mstd0.5")
+    with pytest.raises(ValueError, match="unsupported RandAugment option 'w0'"):
+        RandAugmentConfig.from_timm("rand-m9-w0-inc1")
+    with pytest.raises(ValueError, match="magnitude must be in \\[0, 10\\]"):
+        RandAugmentConfig(magnitude=11)

@@ -1,0 +1,74 @@
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from image_helpers import NUM_CLASSES, PER_CLASS, write_image
+
+from fastdeit.data import DataWarning
+from fastdeit.data.folder import check_encoded, scan_image_folder, sniff_format
+
+
+def test_scan_sorted_classes_and_labels(image_folder: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = scan_image_folder(image_folder)
+    assert index.class_names == ("c0", "c1", "c2")
+    assert len(index) == NUM_CLASSES * PER_CLASS
+    assert index.skipped == ()
+    for path, label in zip(index.files, index.labels, strict=True):
+        assert Path(path).parent.name == f"c{label}"
+    assert any(p.endswith(".JPG") for p in index.files) and any(p.endswith(".png") for p in index.files)
+
+
+def test_non_image_files_skipped_with_one_warning(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    for c in ("b", "a"):
+        (tmp_path / c).mkdir()
+        write_image(tmp_path / c / "x.jpeg", rng)
+    (tmp_path / "a" / "notes.txt").write_text("hello")
+    (tmp_path / "b" / "fake.jpg").write_text("not an image")
+    (tmp_path / "b" / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored silently
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # hidden directory: not a class
+    with pytest.warns(DataWarning) as record:
+        index = scan_image_folder(tmp_path)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith("skipped 2 non-image file(s)")
+    assert "a/notes.txt (extension '.txt' is not an image type)" in message
+    assert "b/fake.jpg (not an image)" in message
+    assert index.class_names == ("a", "b")
+    assert [Path(f).name for f in index.files] == ["x.jpeg", "x.jpeg"]
+    assert index.labels == (0, 1)
+    assert len(index.skipped) == 2
+
+
+def test_missing_and_empty_roots(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_image_folder(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no class sub-directories"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "cls").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        scan_image_folder(tmp_path)
+
+
+def test_class_names_override(image_folder: Path, tmp_path: Path):
+    shutil.copytree(image_folder / "c2", tmp_path / "c2")
+    index = scan_image_folder(tmp_path, class_names=["c0", "c1", "c2"])
+    assert set(index.labels) == {2}
+    with pytest.raises(ValueError, match=r"\['c2'\].*not in class_names"):
+        scan_image_folder(tmp_path, class_names=["c0", "c1"])
+
+
+def test_sniff_and_check_encoded(image_folder: Path):
+    jpeg = (image_folder / "c0" / "00.jpg").read_bytes()
+    png = (image_folder / "c0" / "04.png").read_bytes()
+    assert sniff_format(jpeg[:12]) == "jpeg" and sniff_format(png[:12]) == "png"
+    assert sniff_format(b"RIFF\0\0\0\0WEBP") == "webp" and sniff_format(b"II*\0") == "tiff"
+    assert sniff_format(b"hello world!") is None
+    assert check_encoded(jpeg) is None and check_encoded(png) is None
+    assert check_encoded(jpeg[: len(jpeg) // 2]) == "truncated JPEG: no end-of-image marker"
+    assert check_encoded(png[: len(png) // 2]) == "truncated PNG: no IEND chunk"
+    assert check_encoded(b"GIF89a......") == "not an image"

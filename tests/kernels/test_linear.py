@@ -1,0 +1,241 @@
+"""Tests for kernels/linear.py: both forward paths against an fp64 reference, launchers, errors, registration.
+
+Pass rule for every output and gradient: the error of the op against the fp64 reference (`linear_ref` on upcast
+inputs) is at most twice the error of `linear_ref` run in the same dtype, plus a small atol. fp32 `tl.dot` is
+IEEE fp32 (no tf32) on the GPU and exact fp32 under the interpreter, so fp32 is held to the same rule.
+"""
+
+import fastdeit.kernels.linear as linear_module
+import pytest
+import torch
+from fastdeit.kernels.linear import (
+    launch_gelu_bwd,
+    launch_linear_epilogue,
+    launch_linear_fwd,
+    linear,
+    linear_ref,
+)
+
+# The atol only matters where the same-dtype torch error is ~0; one unit in the last place at 1.0 for 16-bit
+# dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the summation order.
+ATOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+FLOAT_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=["triton", "cublas"])
+def path(request, monkeypatch):
+    """Run the test once through the fused Triton matmul and once through addmm + the Triton epilogue kernel."""
+    monkeypatch.setattr(linear_module, "_use_triton_matmul", lambda M, N, K, dtype: request.param == "triton")
+    return request.param
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor, atol: float) -> None:
+    assert ours.shape == exact.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(exact.shape)}"
+    assert ours.dtype == same_dtype.dtype, f"{name}: dtype {ours.dtype} != {same_dtype.dtype}"
+    ours_err, torch_err = _max_err(ours, exact), _max_err(same_dtype, exact)
+    assert ours_err <= 2 * torch_err + atol, f"{name}: error {ours_err:.3g} vs torch's {torch_err:.3g} (atol {atol})"
+
+
+def _run(fn, inputs: dict, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Call fn(**inputs) on fresh leaf copies; returns the output and the grads of sum(out * grad) per input."""
+    leaf = lambda v: v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) else v
+    leaves = {k: leaf(v) for k, v in inputs.items()}
+    out = fn(**leaves)
+    tensors = {k: v for k, v in leaves.items() if isinstance(v, torch.Tensor)}
+    dinputs = dict(zip(tensors, torch.autograd.grad(out, list(tensors.values()), grad), strict=True))
+    return out.detach(), dinputs
+
+
+def _check_against_ref(x, weight, bias, activation, residual, grad=None, reference_dtype=torch.float64) -> None:
+    """Forward and backward of linear vs the reference in reference_dtype, judged by the same-dtype torch error."""
+    inputs = dict(x=x, weight=weight, bias=bias, activation=activation, residual=residual)
+    if grad is None:
+        grad = torch.randn(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
+    exact_inputs = {k: v.to(reference_dtype) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    ours, dours = _run(linear, inputs, grad)
+    same, dsame = _run(linear_ref, inputs, grad)
+    exact, dexact = _run(linear_ref, exact_inputs, grad.to(reference_dtype))
+    atol = ATOL[x.dtype]
+    _assert_close("out", ours, same, exact, atol)
+    for name in dexact:
+        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name], atol)
+
+
+CASES = [
+    # x shape, N, activation, residual, bias
+    ((1, 64), 32, "gelu", True, True),  # one row
+    ((1, 197, 64), 130, "gelu", True, True),  # batch 1, 197 tokens, N not a multiple of the tile
+    ((2, 99, 100), 96, None, True, False),  # 198 rows, odd K, no bias
+    ((1, 198, 96), 48, "gelu", False, True),
+    ((5, 1023), 33, None, False, True),  # odd wide K: many K tiles, the last one partial
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("x_shape, N, activation, with_residual, with_bias", CASES)
+def test_matches_reference(device, path, dtype, x_shape, N, activation, with_residual, with_bias):
+    K = x_shape[-1]
+    x = torch.randn(x_shape, dtype=dtype, device=device)
+    weight = torch.randn(N, K, dtype=dtype, device=device) / K**0.5
+    bias = torch.randn(N, dtype=dtype, device=device) if with_bias else None
+    residual = torch.randn(*x_shape[:-1], N, dtype=dtype, device=device) if with_residual else None
+    _check_against_ref(x, weight, bias, activation, residual)
+
+
+def test_non_contiguous_inputs_and_grad(device, path):
+    M, K, N = 67, 48, 80
+    x_t = torch.randn(K, M, device=device).t()  # (M, K), unit stride along M: the kernel reads it through strides
+    weight_t = torch.randn(K, N, device=device).t()  # (N, K), unit stride along N
+    residual = torch.randn(M, 2 * N, device=device)[:, N:]  # row stride 2N
+    grad = torch.randn(N, M, device=device).t()
+    bias = torch.randn(N, device=device)
+    _check_against_ref(x_t, weight_t, bias, "gelu", residual, grad)
+    # (T, B, K) -> (B, T, K): no (M, K) view exists, the op copies x.
+    x_bt = torch.randn(11, 3, K, device=device).transpose(0, 1)
+    residual_bt = torch.randn(11, 3, N, device=device).transpose(0, 1)
+    _check_against_ref(x_bt, weight_t, bias, None, residual_bt)
+
+
+def test_grad_only_to_residual(device):
+    """Under no grad for x, weight and bias the pre-activation is not saved; the residual still gets dout."""
+    x, weight = torch.randn(5, 32, device=device), torch.randn(40, 32, device=device)
+    residual = torch.randn(5, 40, device=device, requires_grad=True)
+    out = linear(x, weight, None, "gelu", residual)
+    grad = torch.randn_like(out)
+    (dresidual,) = torch.autograd.grad(out, residual, grad)
+    torch.testing.assert_close(dresidual, grad)
+
+
+def test_pre_saved_only_when_needed(device):
+    x, weight = torch.randn(5, 32, device=device), torch.randn(40, 32, device=device)
+    _out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False)
+    assert pre.numel() == 0
+    out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", True)
+    torch.testing.assert_close(pre, x @ weight.t())
+    torch.testing.assert_close(out, torch.nn.functional.gelu(pre))
+    x.requires_grad_()
+    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False)
+    with pytest.raises(RuntimeError, match="save_pre=True"):
+        out.sum().backward()
+
+
+def test_zero_rows(device, path):
+    x = torch.randn(0, 7, 32, device=device, requires_grad=True)
+    weight = torch.randn(40, 32, device=device, requires_grad=True)
+    out = linear(x, weight, None, "gelu", torch.randn(0, 7, 40, device=device))
+    assert out.shape == (0, 7, 40)
+    dx, dweight = torch.autograd.grad(out.sum(), (x, weight))
+    assert dx.shape == x.shape and torch.equal(dweight, torch.zeros_like(weight))
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_launchers_write_every_element(device, activation):
+    """Outputs prefilled with NaN; M and N are not multiples of any tile size."""
+    M, K, N = 70, 40, 100
+    x, weight = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
+    bias, residual = torch.randn(N, device=device), torch.randn(M, N, device=device)
+    nan = lambda: torch.full((M, N), float("nan"), device=device)
+    pre_ref = torch.addmm(bias, x, weight.t())
+    out_ref = linear_ref(x, weight, bias, activation, residual)
+
+    out, pre = nan(), nan()
+    launch_linear_fwd(x, weight, bias, residual, activation, out, pre)
+    torch.testing.assert_close(pre, pre_ref)
+    torch.testing.assert_close(out, out_ref)
+
+    out = nan()
+    launch_linear_epilogue(pre_ref, residual, activation, out)
+    torch.testing.assert_close(out, out_ref)
+
+    dout, dz = torch.randn(M, N, device=device), nan()
+    launch_gelu_bwd(dout, pre_ref, dz)
+    pre_leaf = pre_ref.clone().requires_grad_()
+    (dz_ref,) = torch.autograd.grad(torch.nn.functional.gelu(pre_leaf), pre_leaf, dout)
+    torch.testing.assert_close(dz, dz_ref)
+
+
+def test_errors(device):
+    x, weight, bias = torch.randn(4, 8, device=device), torch.randn(6, 8, device=device), torch.randn(6, device=device)
+    with pytest.raises(ValueError, match=r"x's last dim must equal weight.shape\[1\] = 7"):
+        linear(x, weight[:, :7], bias)
+    with pytest.raises(ValueError, match=r"bias must be contiguous of shape \(6,\), got \(5,\)"):
+        linear(x, weight, bias[:5])
+    with pytest.raises(TypeError, match="x must have dtype in .*, got torch.int32"):
+        linear(x.int(), weight, bias)
+    with pytest.raises(TypeError, match="weight has dtype torch.float16 but x has dtype torch.float32"):
+        linear(x, weight.half(), bias)
+    with pytest.raises(ValueError, match=r"residual must have shape \(4, 6\), got \(4, 8\)"):
+        linear(x, weight, bias, residual=x)
+    with pytest.raises(ValueError, match="activation must be one of .*, got 'relu'"):
+        linear(x, weight, bias, activation="relu")
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        linear(x, bias, bias)
+    out = torch.empty(4, 6, device=device)
+    with pytest.raises(ValueError, match=r"out must have shape \(4, 6\), got \(6, 4\)"):
+        launch_linear_fwd(x, weight, bias, None, None, out.t(), None)
+    with pytest.raises(ValueError, match="out must have unit stride"):
+        launch_linear_fwd(x, weight, bias, None, None, torch.empty(6, 4, device=device).t(), None)
+    with pytest.raises(ValueError, match="x is on meta"):
+        launch_linear_fwd(x.to("meta"), weight, bias, None, None, out, None)
+    with pytest.raises(TypeError, match="dz has dtype torch.float16 but dout has dtype torch.float32"):
+        launch_gelu_bwd(out, out, out.half())
+    if device == "cuda":
+        with pytest.raises(ValueError, match="weight (is on cpu|.*cpu but x is on cuda)"):
+            linear(x, weight.cpu(), bias)
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 5, 40, device=device, requires_grad=True)
+    weight = torch.randn(24, 40, device=device, requires_grad=True)
+    bias = torch.randn(24, device=device, requires_grad=True)
+    residual = torch.randn(2, 5, 24, device=device, requires_grad=True)
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, bias, residual, "gelu", True))
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, None, None, None, False))
+    # The GELU backward op has no autograd formula of its own (no double backward): plain tensors.
+    dout, pre = torch.randn(2, 5, 24, device=device), torch.randn(2, 5, 24, device=device)
+    torch.library.opcheck(torch.ops.fastdeit.linear_gelu_bwd.default, (dout, pre))
+
+
+def test_torch_compile_fullgraph(device):
+    def mlp(x, fc1_weight, fc1_bias, fc2_weight):
+        hidden = linear(x, fc1_weight, fc1_bias, "gelu")
+        return linear(hidden, fc2_weight, None, None, x).square().sum()
+
+    inputs = [torch.randn(2, 9, 32, device=device), torch.randn(64, 32, device=device), torch.randn(64, device=device)]
+    inputs.append(torch.randn(32, 64, device=device))
+    eager_inputs = [t.clone().requires_grad_() for t in inputs]
+    compiled_inputs = [t.clone().requires_grad_() for t in inputs]
+    torch._dynamo.reset()
+    compiled = torch.compile(mlp, fullgraph=True)
+    loss_eager, loss_compiled = mlp(*eager_inputs), compiled(*compiled_inputs)
+    torch.testing.assert_close(loss_compiled, loss_eager)
+    grads_eager = torch.autograd.grad(loss_eager, eager_inputs)
+    grads_compiled = torch.autograd.grad(loss_compiled, compiled_inputs)
+    for g_compiled, g_eager in zip(grads_compiled, grads_eager, strict=True):
+        torch.testing.assert_close(g_compiled, g_eager)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["triton", "cublas"], indirect=True)
+def test_deit_base_fc1_bf16(path):
+    """DeiT-B fc1 in bf16: (256 x 198 = 50688, 768) -> 3072 with GELU, forward and backward, vs the fp32 reference."""
+    M, K, N, device = 50688, 768, 3072, "cuda"
+    x = torch.randn(M, K, dtype=torch.bfloat16, device=device)
+    weight = (torch.randn(N, K, device=device) / K**0.5).bfloat16()
+    bias = torch.randn(N, dtype=torch.bfloat16, device=device)
+    _check_against_ref(x, weight, bias, "gelu", None, reference_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+def test_deit_base_fc2_residual_bf16():
+    """DeiT-B fc2 in bf16: 3072 -> 768 with the residual add fused, vs the fp32 reference."""
+    M, K, N, device = 50688, 3072, 768, "cuda"
+    x = torch.randn(M, K, dtype=torch.bfloat16, device=device)
+    weight = (torch.randn(N, K, device=device) / K**0.5).bfloat16()
+    bias = torch.randn(N, dtype=torch.bfloat16, device=device)
+    residual = torch.randn(M, N, dtype=torch.bfloat16, device=device)
+    _check_against_ref(x, weight, bias, None, residual, reference_dtype=torch.float32)

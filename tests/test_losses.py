@@ -1,0 +1,146 @@
+"""Losses against values computed by hand with `math` on tiny inputs."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fastdeit.losses import DistillationLoss, SoftTargetCrossEntropy, build_criterion
+
+
+def log_softmax(row, t=1.0):
+    scaled = [v / t for v in row]
+    top = max(scaled)
+    lse = top + math.log(sum(math.exp(v - top) for v in scaled))
+    return [v - lse for v in scaled]
+
+
+CLS = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
+DIST = [[0.0, 1.0, -1.0], [2.0, 0.0, 1.0]]
+TEACHER = [[0.2, 2.5, 0.1], [1.0, 0.0, 3.0]]  # argmax: 1, 2
+LABELS = [2, 0]
+
+
+def ce(rows, labels):
+    return sum(-log_softmax(r)[y] for r, y in zip(rows, labels, strict=True)) / len(rows)
+
+
+class Teacher(nn.Module):
+    """Returns fixed logits scaled by a parameter (which must get no gradient) and records its inputs."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen = None
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        self.seen = x
+        return self.logits * self.scale
+
+
+def student_outputs():
+    return torch.tensor(CLS, requires_grad=True), torch.tensor(DIST, requires_grad=True)
+
+
+def test_soft_target_cross_entropy_by_hand():
+    target = [[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]
+    expected = (
+        sum(
+            -sum(t * lp for t, lp in zip(trow, log_softmax(row), strict=True))
+            for row, trow in zip(CLS, target, strict=True)
+        )
+        / 2
+    )
+    got = SoftTargetCrossEntropy()(torch.tensor(CLS), torch.tensor(target))
+    assert math.isclose(got.item(), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="soft targets must have the logits' shape"):
+        SoftTargetCrossEntropy()(torch.tensor(CLS), torch.zeros(2, 4))
+
+
+def test_label_smoothing_criterion_by_hand():
+    s = 0.1
+    expected = (
+        sum(
+            (1 - s) * -log_softmax(r)[y] + s * sum(-v for v in log_softmax(r)) / 3
+            for r, y in zip(CLS, LABELS, strict=True)
+        )
+        / 2
+    )
+    got = build_criterion(mixup_active=False, label_smoothing=s)(torch.tensor(CLS), torch.tensor(LABELS))
+    assert math.isclose(got.item(), expected, rel_tol=1e-6)
+    assert isinstance(build_criterion(mixup_active=True), SoftTargetCrossEntropy)
+
+
+def test_distillation_none_uses_the_class_head_only():
+    loss = DistillationLoss(nn.CrossEntropyLoss(), None, "none", alpha=0.5, tau=1.0)
+    x = torch.zeros(2, 3, 4, 4)
+    expected = ce(CLS, LABELS)
+    assert math.isclose(loss(x, torch.tensor(CLS), torch.tensor(LABELS)).item(), expected, rel_tol=1e-6)
+    assert math.isclose(loss(x, student_outputs(), torch.tensor(LABELS)).item(), expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_distillation_soft_by_hand(tau):
+    alpha = 0.3
+    teacher = Teacher(TEACHER)
+    loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, "soft", alpha=alpha, tau=tau)
+    x = torch.randn(2, 3, 4, 4)
+    cls, dist = student_outputs()
+    got = loss(x, (cls, dist), torch.tensor(LABELS))
+    kl = 0.0
+    for s_row, t_row in zip(DIST, TEACHER, strict=True):
+        ls, lt = log_softmax(s_row, tau), log_softmax(t_row, tau)
+        kl += sum(math.exp(b) * (b - a) for a, b in zip(ls, lt, strict=True))
+    distill = kl * tau * tau / 6  # summed KL / number of logits (2 x 3)
+    expected = (1 - alpha) * ce(CLS, LABELS) + alpha * distill
+    assert math.isclose(got.item(), expected, rel_tol=1e-5)
+    assert teacher.seen is x  # the teacher sees the student's (mixed) inputs
+    got.backward()
+    assert teacher.scale.grad is None  # no gradient through the teacher
+    assert dist.grad is not None and dist.grad.abs().sum() > 0 and cls.grad.abs().sum() > 0
+
+
+def test_distillation_hard_by_hand():
+    alpha = 0.5
+    loss = DistillationLoss(nn.CrossEntropyLoss(), Teacher(TEACHER), "hard", alpha=alpha, tau=1.0)
+    got = loss(torch.zeros(2, 3, 4, 4), student_outputs(), torch.tensor(LABELS))
+    expected = (1 - alpha) * ce(CLS, LABELS) + alpha * ce(DIST, [1, 2])
+    assert math.isclose(got.item(), expected, rel_tol=1e-6)
+
+
+def test_distillation_with_soft_targets_base():
+    target = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    loss = DistillationLoss(SoftTargetCrossEntropy(), Teacher(TEACHER), "hard", alpha=1.0, tau=1.0)
+    got = loss(torch.zeros(2, 3, 4, 4), student_outputs(), target)
+    assert math.isclose(got.item(), ce(DIST, [1, 2]), rel_tol=1e-6)  # alpha = 1: the teacher term alone
+
+
+def test_teacher_stays_in_eval_mode():
+    teacher = Teacher(TEACHER).train()
+    loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, "soft", alpha=0.5, tau=1.0)
+    assert not teacher.training
+    loss.train()
+    assert loss.training and not teacher.training
+
+
+def test_distillation_errors():
+    x, labels = torch.zeros(2, 3, 4, 4), torch.tensor(LABELS)
+    soft = DistillationLoss(nn.CrossEntropyLoss(), Teacher(TEACHER), "soft", alpha=0.5, tau=1.0)
+    with pytest.raises(ValueError, match=r"needs a \*_distilled_\* model"):
+        soft(x, torch.tensor(CLS), labels)
+    with pytest.raises(ValueError, match="a \\(cls, dist\\) pair of tensors, got tuple of length 3"):
+        soft(x, (torch.tensor(CLS),) * 3, labels)
+    wide = DistillationLoss(nn.CrossEntropyLoss(), Teacher([[0.0] * 4] * 2), "hard", alpha=0.5, tau=1.0)
+    with pytest.raises(ValueError, match=r"teacher logits have shape \(2, 4\) but .* \(2, 3\)"):
+        wide(x, student_outputs(), labels)
+    with pytest.raises(ValueError, match="distillation_type must be one of"):
+        DistillationLoss(nn.CrossEntropyLoss(), None, "medium", alpha=0.5, tau=1.0)
+    with pytest.raises(ValueError, match="needs a teacher model"):
+        DistillationLoss(nn.CrossEntropyLoss(), None, "soft", alpha=0.5, tau=1.0)
+    with pytest.raises(ValueError, match="alpha must be in \\[0, 1\\]"):
+        DistillationLoss(nn.CrossEntropyLoss(), None, "none", alpha=1.5, tau=1.0)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        DistillationLoss(nn.CrossEntropyLoss(), None, "none", alpha=0.5, tau=0.0)
