@@ -32,9 +32,11 @@ setup(
         "safetensors",
         "tqdm",
         "pyyaml",
+        "pillow",
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
+        "demo": ["scikit-learn", "nvidia-dali-cuda130"],
         "bench": ["pytest-benchmark", "matplotlib", "xformers"],
         "test": [
             "pytest",

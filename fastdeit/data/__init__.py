@@ -8,6 +8,8 @@ Entry points:
 Every loader yields `(images, targets)`: images (B, 3, S, S) float32 normalized with
 IMAGENET_MEAN/IMAGENET_STD, targets (B,) int64, both on the requested device; see
 fastdeit.data.loader.ImageFileLoader for shuffling, sharding, resuming and unreadable files.
+Eval batches are padded to full size with rows labelled PAD_LABEL (-1): count `targets != PAD_LABEL`
+for accuracy (summed over ranks, each sample counts once) and give losses ignore_index=PAD_LABEL.
 """
 
 from __future__ import annotations

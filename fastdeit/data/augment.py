@@ -120,9 +120,6 @@ class TrainAugParams:
     ra_ops: np.ndarray
     ra_params: np.ndarray
 
-    def take(self, rows: np.ndarray) -> TrainAugParams:
-        return TrainAugParams(self.crop[rows], self.flip[rows], self.ra_ops[rows], self.ra_params[rows])
-
 
 def _op_argument(name: str, level: float, negate: bool, img_size: int) -> tuple[float, float]:
     """timm's level-to-argument mapping for the increasing ops, as a (x, y) pair."""

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from fastdeit.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported for the data modules)
 
 # Label of eval rows that are padding (or stand in for an unreadable file): metrics must ignore them.
 PAD_LABEL = -1

@@ -32,6 +32,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.auto_aug import augmentations as aa
 from nvidia.dali.auto_aug.core import select
+from nvidia.dali.backend import TensorListCPU, TensorListGPU
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -40,7 +41,7 @@ from fastdeit.data.augment import CROP_ATTEMPTS, CROP_RATIO, CROP_SCALE, RAND_AU
 from fastdeit.data.common import IMAGENET_MEAN, IMAGENET_STD
 from fastdeit.data.loader import BatchStream, ImageFileLoader, ReadyBatch
 
-_FILL = 115
+_FILL = 115  # warps take one fill value: the mean of timm's per-channel fill (124, 116, 104)
 _MEAN_255 = [255.0 * m for m in IMAGENET_MEAN]
 _STD_255 = [255.0 * s for s in IMAGENET_STD]
 _SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0  # PIL's ImageFilter.SMOOTH
@@ -233,9 +234,10 @@ def eval_pipeline(
 
 
 @pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1)
-def _probe_pipeline(source: Callable[[], tuple], *, on_gpu: bool, exif_orientation: bool) -> DataNode:
+def _probe_pipeline(source: Callable[[], tuple], *, on_gpu: bool, exif_orientation: bool) -> tuple[DataNode, DataNode]:
+    """Reads one file the ways the loader's pipelines do (header and full decode), to tell whether it is broken."""
     (encoded,) = fn.external_source(source=source, num_outputs=1, batch=True, dtype=[types.UINT8])
-    return _decode(encoded, on_gpu, exif_orientation)
+    return _decode(encoded, on_gpu, exif_orientation), fn.peek_image_shape(encoded, adjust_orientation=exif_orientation)
 
 
 def _single(data: np.ndarray) -> Callable[[], tuple]:
@@ -283,6 +285,7 @@ class DaliLoader(ImageFileLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_gpu = self.device.type == "cuda"
+        self._device_id: int | None = None  # DALI's "no GPU": CPU-only pipelines
         if self._on_gpu:
             self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
             self.device = torch.device("cuda", self._device_id)
@@ -300,7 +303,7 @@ class DaliLoader(ImageFileLoader):
             img_size=self.img_size,
             batch_size=self.batch_size,
             num_threads=self.num_threads,
-            device_id=self._device_id if self._on_gpu else None,
+            device_id=self._device_id,
             prefetch_queue_depth=self.prefetch,
         )
         if self.mode == "train":
@@ -339,7 +342,7 @@ class DaliLoader(ImageFileLoader):
                 source=_single(data),
                 on_gpu=self._on_gpu,
                 exif_orientation=self.exif_orientation,
-                device_id=self._device_id if self._on_gpu else None,
+                device_id=self._device_id,
             )
             probe.build()
             try:
@@ -348,7 +351,8 @@ class DaliLoader(ImageFileLoader):
                 failed.append(f)
         return failed
 
-    def _to_torch(self, images, ready: ReadyBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_torch(self, images: TensorListCPU | TensorListGPU, ready: ReadyBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copy the pipeline's (B, 3, S, S) output into a new torch tensor (DALI reuses its buffers)."""
         dense = images.as_tensor()
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
         stream = torch.cuda.current_stream(self.device) if self._on_gpu else None

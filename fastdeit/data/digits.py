@@ -86,9 +86,9 @@ def prepare_digits(root: str | os.PathLike | None = None, size: int = 32) -> Pat
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer >= 8 (pixels), got {size!r}")
     root = Path(root).expanduser() if root is not None else cache_dir() / "digits" / f"{size}px"
-    if _is_complete(root, size):
-        return root
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):
+        if root.is_dir() and _is_complete(root, size):
+            return root
         raise FileExistsError(f"root {str(root)!r} exists and is not a digits cache; pass an empty or new directory")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))

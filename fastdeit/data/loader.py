@@ -193,6 +193,13 @@ class ImageFileLoader(ABC):
                 f"batch_size={batch_size} is larger than the {len(self.files) // self.world_size} train "
                 f"samples each of the {self.world_size} rank(s) reads per epoch"
             )
+        if mode == "train" and self.repeated_aug > self.world_size:
+            warnings.warn(
+                f"repeated_aug={self.repeated_aug} > world_size={self.world_size}: copies of a sample will share "
+                "a rank, often the same batch (DeiT only repeats under DDP)",
+                DataWarning,
+                stacklevel=2,
+            )
         self.epoch = 0
         self.start_step = 0
         self._bad: dict[int, str] = {}

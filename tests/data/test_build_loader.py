@@ -88,6 +88,11 @@ def test_pil_fallback_is_announced(image_folder: Path, monkeypatch: pytest.Monke
         build_loader(image_folder, split="train", img_size=16, batch_size=8, backend="dali")
 
 
+def test_repeated_aug_without_enough_ranks_warns(image_folder: Path):
+    with pytest.warns(DataWarning, match="repeated_aug=3 > world_size=2: copies of a sample will share a rank"):
+        build_loader(image_folder, split="train", img_size=8, batch_size=2, world_size=2, repeated_aug=3)
+
+
 def test_every_pil_rand_augment_op_runs():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8))
     for name, op in zip(RAND_AUGMENT_OPS, _PIL_OP_TABLE, strict=True):
