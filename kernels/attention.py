@@ -5,11 +5,12 @@ For one (batch, head), with Q, K, V of shape (N, D) and s = `scale` (default D**
     S = s Q K^T                 (N, N) scores, never stored
     P = softmax(S) row-wise     never stored
     O = P V                     (N, D), in Q's dtype
-    L = logsumexp(S) row-wise   (N,) fp32, saved for the backward
+    L = logsumexp(S) row-wise   (N,) fp32, saved for the backward in base 2: `lse` = L * log2(e)
 
 Forward: a program owns BLOCK_M query rows and streams K/V tiles of BLOCK_N keys, keeping a running row max m,
 row sum l of exp(S - m) and an unnormalised accumulator acc (online softmax); statistics and accumulation are fp32.
 At the end O = acc / l and L = m + log(l). Exponentials use exp2 with log2(e) folded into the score scale.
+The autograd saves q, k, v, O and lse (`attention_qkv`: qkv, O and lse).
 
 Backward, given dO = dLoss/dO:
 
@@ -20,14 +21,14 @@ Backward, given dO = dLoss/dO:
     dS    = P * (dP - delta)
     dQ    = s dS K,   dK = s dS^T Q
 
-dK/dV are accumulated in registers by the program that owns a key block while it loops over the query blocks; dQ by
-the program that owns a query block while it loops over the key blocks. This computes P twice instead of adding into
-dQ with atomics, but it is deterministic, needs no fp32 dQ scratch buffer (zero-filled, then converted), and writes
-dQ straight into any strided destination such as the packed d(qkv); at DeiT lengths (N <= 578) the recompute is
-cheap. One program does both jobs for the same block index, so a single launch covers them.
+dK/dV are accumulated in registers by a program that owns a key block and loops over the query blocks; dQ by a
+program that owns a query block and loops over the key blocks; one launch holds both kinds of program. This computes
+P twice instead of adding into dQ with atomics, but it is deterministic, needs no fp32 dQ scratch buffer (zero-filled,
+then converted), and writes dQ straight into any strided destination such as the packed d(qkv); at DeiT lengths
+(N <= 578) the recompute is cheap.
 
-Every load and store of a ragged last block is masked (padded key columns get -inf scores in the forward and P = 0
-in the backward), so any N >= 1 works on unpadded inputs. Tensors are addressed through their strides, so q/k/v can
+Every load and store of a ragged last block is masked (padded keys get -inf scores in the forward and P = 0 in the
+backward), so any N >= 1 works on unpadded inputs. Tensors are addressed through their strides, so q/k/v can
 be views, e.g. of timm's packed qkv projection output, which `attention_qkv` reads in place.
 
 fp32 inputs: `tl.dot` follows torch's matmul setting, ieee for `torch.get_float32_matmul_precision() == "highest"`
@@ -47,7 +48,6 @@ from ._utils import check_same, check_tensor, is_interpreter
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = math.log2(math.e)
-LN2 = math.log(2.0)
 
 
 def _configs(interpreted: list[dict], gpu: list[tuple[dict, int, int]]) -> list[triton.Config]:
@@ -68,19 +68,19 @@ _FWD_CONFIGS = _configs(
         ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 4),
         ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
         ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 4),
-        ({"BLOCK_M": 64, "BLOCK_N": 128}, 4, 2),
         ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
+        ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2),
     ],
 )
 _BWD_CONFIGS = _configs(
     [{"BLOCK_OWN": 32, "BLOCK_ITER": 16}],
     [
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 4, 3),
         ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 3),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 2),
         ({"BLOCK_OWN": 128, "BLOCK_ITER": 64}, 8, 2),
         ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 3),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 4, 2),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 4, 3),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 2),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 8, 2),
     ],
 )
 _PREPROCESS_BLOCK_M = 64
@@ -373,12 +373,15 @@ def _attn_bwd_kernel(
     BLOCK_OWN: tl.constexpr,
     BLOCK_ITER: tl.constexpr,
 ):
-    # Program (block j, batch-head bh): dK/dV for key rows j*BLOCK_OWN.. then dQ for query rows j*BLOCK_OWN..,
-    # each looping over the other operand in tiles of BLOCK_ITER rows. Same 1-D grid order as the forward.
+    # Two programs per (block j, batch-head bh), side by side in the same 1-D grid order as the forward: one computes
+    # dK/dV for key rows j*BLOCK_OWN.., the other dQ for query rows j*BLOCK_OWN.., each looping over the other operand
+    # in tiles of BLOCK_ITER rows. One launch; as two branches (not one program doing both) the two parts neither
+    # share registers (doing both spilled on Hopper) nor serialise, which doubles the programs for short sequences.
     num_blocks = tl.cdiv(seq_len, BLOCK_OWN)
     pid = tl.program_id(0)
-    block = pid % num_blocks
-    bh = pid // num_blocks
+    computes_dq = pid % 2
+    block = (pid // 2) % num_blocks
+    bh = pid // (2 * num_blocks)
     off_b = (bh // num_heads).to(tl.int64)
     off_h = (bh % num_heads).to(tl.int64)
     q_ptr += off_b * stride_qb + off_h * stride_qh
@@ -396,41 +399,46 @@ def _attn_bwd_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     full_end = (seq_len // BLOCK_ITER) * BLOCK_ITER
 
-    # dK, dV for the owned keys, looping over query tiles.
-    k = _load_rows(k_ptr, own_rows, offs_d, stride_kn, stride_kd, seq_len, MASK=True)
-    v = _load_rows(v_ptr, own_rows, offs_d, stride_vn, stride_vd, seq_len, MASK=True)
-    dk = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
-    for start_m in range(0, full_end, BLOCK_ITER):
-        dk, dv = _bwd_dkdv_tile(
-            dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, start_m + offs_iter, offs_d,
-            stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale, MASK=False, DOT_PRECISION=DOT_PRECISION,
-        )  # fmt: skip
-    if full_end < seq_len:
-        dk, dv = _bwd_dkdv_tile(
-            dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, full_end + offs_iter, offs_d,
-            stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale, MASK=True, DOT_PRECISION=DOT_PRECISION,
-        )  # fmt: skip
-    _store_rows(dk_ptr, own_rows, offs_d, stride_dkn, stride_dkd, seq_len, dk * scale)
-    _store_rows(dv_ptr, own_rows, offs_d, stride_dvn, stride_dvd, seq_len, dv)
-
-    # dQ for the owned queries, looping over key tiles.
-    q = _load_rows(q_ptr, own_rows, offs_d, stride_qn, stride_qd, seq_len, MASK=True)
-    d_out = _load_rows(d_out_ptr, own_rows, offs_d, stride_don, stride_dod, seq_len, MASK=True)
-    lse = _load_stat(lse_ptr, own_rows, seq_len, MASK=True)
-    delta = _load_stat(delta_ptr, own_rows, seq_len, MASK=True)
-    dq = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
-    for start_n in range(0, full_end, BLOCK_ITER):
-        dq = _bwd_dq_tile(
-            dq, q, d_out, lse, delta, k_ptr, v_ptr, start_n + offs_iter, offs_d,
-            stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale, MASK=False, DOT_PRECISION=DOT_PRECISION,
-        )  # fmt: skip
-    if full_end < seq_len:
-        dq = _bwd_dq_tile(
-            dq, q, d_out, lse, delta, k_ptr, v_ptr, full_end + offs_iter, offs_d,
-            stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale, MASK=True, DOT_PRECISION=DOT_PRECISION,
-        )  # fmt: skip
-    _store_rows(dq_ptr, own_rows, offs_d, stride_dqn, stride_dqd, seq_len, dq * scale)
+    if computes_dq == 0:
+        # dK, dV for the owned keys, looping over query tiles.
+        k = _load_rows(k_ptr, own_rows, offs_d, stride_kn, stride_kd, seq_len, MASK=True)
+        v = _load_rows(v_ptr, own_rows, offs_d, stride_vn, stride_vd, seq_len, MASK=True)
+        dk = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
+        for start_m in range(0, full_end, BLOCK_ITER):
+            dk, dv = _bwd_dkdv_tile(
+                dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, start_m + offs_iter, offs_d,
+                stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale,
+                MASK=False, DOT_PRECISION=DOT_PRECISION,
+            )  # fmt: skip
+        if full_end < seq_len:
+            dk, dv = _bwd_dkdv_tile(
+                dk, dv, k, v, q_ptr, d_out_ptr, lse_ptr, delta_ptr, full_end + offs_iter, offs_d,
+                stride_qn, stride_qd, stride_don, stride_dod, seq_len, qk_scale,
+                MASK=True, DOT_PRECISION=DOT_PRECISION,
+            )  # fmt: skip
+        _store_rows(dk_ptr, own_rows, offs_d, stride_dkn, stride_dkd, seq_len, dk * scale)
+        _store_rows(dv_ptr, own_rows, offs_d, stride_dvn, stride_dvd, seq_len, dv)
+    else:
+        # dQ for the owned queries, looping over key tiles.
+        q = _load_rows(q_ptr, own_rows, offs_d, stride_qn, stride_qd, seq_len, MASK=True)
+        d_out = _load_rows(d_out_ptr, own_rows, offs_d, stride_don, stride_dod, seq_len, MASK=True)
+        lse = _load_stat(lse_ptr, own_rows, seq_len, MASK=True)
+        delta = _load_stat(delta_ptr, own_rows, seq_len, MASK=True)
+        dq = tl.zeros([BLOCK_OWN, HEAD_DIM], dtype=tl.float32)
+        for start_n in range(0, full_end, BLOCK_ITER):
+            dq = _bwd_dq_tile(
+                dq, q, d_out, lse, delta, k_ptr, v_ptr, start_n + offs_iter, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+                MASK=False, DOT_PRECISION=DOT_PRECISION,
+            )  # fmt: skip
+        if full_end < seq_len:
+            dq = _bwd_dq_tile(
+                dq, q, d_out, lse, delta, k_ptr, v_ptr, full_end + offs_iter, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+                MASK=True, DOT_PRECISION=DOT_PRECISION,
+            )  # fmt: skip
+        _store_rows(dq_ptr, own_rows, offs_d, stride_dqn, stride_dqd, seq_len, dq * scale)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -461,13 +469,22 @@ def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tu
 
 
 def _check_buffer(
-    op: str, name: str, t: torch.Tensor, shape: tuple[int, ...], like_name: str, like: torch.Tensor
+    op: str,
+    name: str,
+    t: torch.Tensor,
+    shape: tuple[int, ...],
+    like_name: str,
+    like: torch.Tensor,
+    written: bool = False,
 ) -> None:
-    """Check a tensor that must have exactly `shape` and like's dtype and device; any strides."""
+    """Check a tensor that must have exactly `shape` and like's dtype and device; any strides, but an output (written)
+    may not repeat elements through a zero stride."""
     check_tensor(op, name, t, dtypes=(like.dtype,))
     check_same(op, like_name, like, **{name: t})
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape, strict=True)):
+        raise ValueError(f"{op}: output {name} must not have zero strides (expanded tensor), got strides {t.stride()}")
 
 
 def _check_stats(op: str, name: str, t: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
@@ -491,14 +508,14 @@ def attention_fwd(
     lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward. q, k, v: (B, H, N, D), any strides. Returns out (B, H, N, D) in q's dtype (written into
-    `out` if given, which may be any strided view) and lse (B, H, N) fp32 contiguous (natural-log logsumexp of the
-    scaled scores)."""
+    `out` if given, which may be any strided view) and lse (B, H, N) fp32 contiguous: logsumexp of each row of scaled
+    scores, in base 2 (L * log2(e))."""
     op = "attention_fwd"
     batch, heads, seq_len, head_dim = _check_qkv(op, q, k, v)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     else:
-        _check_buffer(op, "out", out, q.shape, "q", q)
+        _check_buffer(op, "out", out, q.shape, "q", q, written=True)
     if lse is None:
         lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
     else:
@@ -550,7 +567,7 @@ def attention_bwd(
         if buf is None:
             buf = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         else:
-            _check_buffer(op, name, buf, q.shape, "q", q)
+            _check_buffer(op, name, buf, q.shape, "q", q, written=True)
         grads.append(buf)
     dq, dk, dv = grads
 
@@ -568,7 +585,7 @@ def attention_bwd(
     )
 
     def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(seq_len, meta["BLOCK_OWN"]) * batch * heads,)
+        return (2 * triton.cdiv(seq_len, meta["BLOCK_OWN"]) * batch * heads,)
 
     _attn_bwd_kernel[grid](
         q,
@@ -636,7 +653,7 @@ def attention_qkv_fwd(
     if out is None:
         out = torch.empty((batch, seq_len, heads * head_dim), dtype=qkv.dtype, device=qkv.device)
     else:
-        _check_buffer(op, "out", out, (batch, seq_len, heads * head_dim), "qkv", qkv)
+        _check_buffer(op, "out", out, (batch, seq_len, heads * head_dim), "qkv", qkv, written=True)
     q, k, v = _split_packed(qkv, heads)
     _, lse = attention_fwd(q, k, v, scale, out=_heads_view(out, heads), lse=lse)
     return out, lse
@@ -660,7 +677,7 @@ def attention_qkv_bwd(
     if d_qkv is None:
         d_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     else:
-        _check_buffer(op, "d_qkv", d_qkv, tuple(qkv.shape), "qkv", qkv)
+        _check_buffer(op, "d_qkv", d_qkv, tuple(qkv.shape), "qkv", qkv, written=True)
     q, k, v = _split_packed(qkv, heads)
     dq, dk, dv = _split_packed(d_qkv, heads)
     attention_bwd(_heads_view(d_out, heads), q, k, v, _heads_view(out, heads), lse, scale, dq=dq, dk=dk, dv=dv)

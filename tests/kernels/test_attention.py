@@ -215,6 +215,11 @@ def test_errors(device):
         attention_fwd(x, x, x, 1.0, out=torch.empty(1, 2, 9, 32, device=device))
     with pytest.raises(ValueError, match=r"lse must be a contiguous fp32 tensor of shape \(1, 2, 8\)"):
         attention_fwd(x, x, x, 1.0, lse=torch.empty(1, 8, 2, device=device).transpose(1, 2))
+    with pytest.raises(ValueError, match=r"output dq must not have zero strides \(expanded tensor\)"):
+        _, lse = attention_fwd(x, x, x, 1.0)
+        attention_bwd(x, x, x, x, x, lse, 1.0, dq=torch.empty(1, 1, 8, 32, device=device).expand(1, 2, 8, 32))
+    with pytest.raises(TypeError, match=r"d_out must have dtype in \['torch.float32'\], got torch.float16"):
+        attention_bwd(x.half(), x, x, x, x, lse, 1.0)
 
 
 def test_opcheck(device):
@@ -260,10 +265,11 @@ def test_gpu_bf16_deit_base(device):
 
 @pytest.mark.gpu
 def test_gpu_fp16_577_tokens_packed(device):
-    qkv, d_out = torch.randn(4, 577, 3 * 768, device=device), torch.randn(4, 577, 768, device=device)
-    exact = _run(attention_qkv_ref, [qkv], d_out, 12)
-    same_precision = _run(_timm_attention, [qkv.half()], d_out.half(), 12)
-    got = _run(attention_qkv, [qkv.half()], d_out.half(), 12)
+    qkv = torch.randn(4, 577, 3 * 768, device=device, dtype=torch.float16)
+    d_out = torch.randn(4, 577, 768, device=device, dtype=torch.float16)
+    exact = _run(attention_qkv_ref, [qkv.float()], d_out.float(), 12)
+    same_precision = _run(_timm_attention, [qkv], d_out, 12)
+    got = _run(attention_qkv, [qkv], d_out, 12)
     _assert_within_2x("out d_qkv", got, same_precision, exact, torch.float16)
 
 
