@@ -115,7 +115,12 @@ def full_shapes() -> list[Shape]:
 
 
 class Unavailable(Exception):
-    """A provider cannot run a case here; the message says why."""
+    """A provider cannot run a case here; the message says why. `per_shape`: only this shape was rejected (another
+    shape may run), rather than the provider or package missing altogether."""
+
+    def __init__(self, reason: str, per_shape: bool = False) -> None:
+        super().__init__(reason)
+        self.per_shape = per_shape
 
 
 @dataclass
@@ -195,13 +200,14 @@ def _compiled(fn: Callable) -> Callable:
 # ---------------------------------------------------------------------------------------------------------------------
 # Cases
 # ---------------------------------------------------------------------------------------------------------------------
-def _fastdeit_ops():
-    """`fastdeit.ops`, which needs CUDA, or TRITON_INTERPRET=1 set before triton was first imported."""
-    if not torch.cuda.is_available():
+def _fastdeit_ops(device: torch.device):
+    """`fastdeit.ops`. On the CPU its kernels need the Triton interpreter, which must be switched on before triton
+    is first imported: done here if it is not imported yet."""
+    if device.type == "cpu":
         if "triton" not in sys.modules:
             os.environ.setdefault("TRITON_INTERPRET", "1")
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            raise Unavailable("needs CUDA, or TRITON_INTERPRET=1 set before triton is imported")
+            raise Unavailable("on the CPU needs TRITON_INTERPRET=1, set before triton is imported")
     return importlib.import_module("fastdeit.ops")
 
 
@@ -220,10 +226,10 @@ def _check_provider(provider: str, device: torch.device, dtype: torch.dtype) -> 
             raise Unavailable(f"{module.split('.')[0]} is not installed or fails to import ({type(e).__name__})") from e
 
 
-def _op_function(op: str, provider: str, shape: Shape) -> Callable[..., object]:
+def _op_function(op: str, provider: str, shape: Shape, device: torch.device) -> Callable[..., object]:
     """The function that runs `op` for `provider`, taking the tensors of `_inputs`."""
     if provider == "fastdeit":
-        ops = _fastdeit_ops()
+        ops = _fastdeit_ops(device)
         return {
             "layer_norm": partial(ops.layer_norm, eps=EPS),
             "layer_norm_residual": lambda x, w, b, r: ops.layer_norm(x, w, b, eps=EPS, residual=r),
@@ -316,6 +322,10 @@ def _sdpa_context(provider: str) -> Callable[[], contextlib.AbstractContextManag
     return partial(sdpa_kernel, backend)
 
 
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+
+
 def _as_tuple(out: object) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -329,7 +339,7 @@ def prepare(op: str, provider: str, shape: Shape, dtype: torch.dtype, device: to
     if provider not in OP_PROVIDERS[op]:
         raise Unavailable(f"has no {op}")
     _check_provider(provider, device, dtype)
-    fn = _op_function(op, provider, shape)
+    fn = _op_function(op, provider, shape, device)
     inputs = _inputs(op, provider, shape, dtype, device)
     work, unit = _work(op, shape, dtype, direction)
     context = _sdpa_context(provider)
@@ -355,8 +365,8 @@ def prepare(op: str, provider: str, shape: Shape, dtype: torch.dtype, device: to
                     call = lambda: torch.autograd.backward(_as_tuple(fn(*inputs)), grads)  # noqa: E731
                 call()
                 prepared = Prepared(call, work, unit, grad_to_none=inputs, context=context)
-        except RuntimeError as e:  # e.g. an SDPA backend or xformers rejecting the shape or dtype
-            raise Unavailable(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}") from e
+        except (RuntimeError, ValueError) as e:  # e.g. an SDPA backend or xformers rejecting the shape or dtype
+            raise Unavailable(_first_line(e), per_shape=True) from e
     if device.type == "cuda":
         torch.cuda.synchronize()
     return prepared
@@ -369,6 +379,7 @@ def time_ms(prepared: Prepared, device: torch.device, cpu_repeats: int = 5) -> f
             from triton.testing import do_bench
 
             return float(do_bench(prepared.fn, grad_to_none=prepared.grad_to_none or None, return_mode="median"))
+        prepared.fn()  # one untimed call: first-call set-up (allocator, thread pool) is not the op's cost
         times = []
         for _ in range(cpu_repeats):
             for t in prepared.grad_to_none:
@@ -416,7 +427,8 @@ def run_kernels(
     device: str = "auto",
     csv: str | os.PathLike | None = DEFAULT_CSV,
 ) -> tuple[list[KernelResult], list[str]]:
-    """Time every (shape, op, provider, direction); returns the results and one line per skipped provider/op.
+    """Time every (shape, op, provider, direction); returns the results, and one line per provider and op that was
+    skipped (with the reason) or failed (with the error: one broken case never stops the others).
 
     Rows go to `csv` as each case finishes. Defaults: the quick GPU shape set (the tiny CPU case without a GPU),
     bf16 on the GPU and fp32 on the CPU.
@@ -437,14 +449,22 @@ def run_kernels(
     cases = [(s, o, p, d) for s in shapes for o in ops for p in providers if p in OP_PROVIDERS[o] for d in directions]
     results: list[KernelResult] = []
     skipped: dict[tuple[str, str], str] = {}
+    missing: set[tuple[str, str]] = set()  # a missing package or device stays missing: not retried per shape
+    failed: list[str] = []
     for shape, op, provider, direction in tqdm(cases, desc="kernels", unit="case", file=sys.stderr):
-        if (op, provider) in skipped and not skipped[(op, provider)].startswith("RuntimeError"):
-            continue  # a missing package or device stays missing; a rejected shape is retried on the next shape
+        if (op, provider) in missing:
+            continue
         try:
             prepared = prepare(op, provider, shape, torch_dtype, dev, direction)
             ms = time_ms(prepared, dev)
         except Unavailable as e:
             skipped.setdefault((op, provider), str(e))
+            if not e.per_shape:
+                missing.add((op, provider))
+            continue
+        except Exception as e:
+            failed.append(f"FAILED {provider} {op} {shape.label} {direction}: {_first_line(e)}")
+            tqdm.write(failed[-1], file=sys.stderr)
             continue
         result = KernelResult(op, provider, direction, dtype, shape, ms, prepared.rate(ms), prepared.unit)
         results.append(result)
@@ -453,7 +473,7 @@ def run_kernels(
         del prepared
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    return results, [f"skipped {p} for {o}: {reason}" for (o, p), reason in skipped.items()]
+    return results, [f"skipped {p} for {o}: {reason}" for (o, p), reason in skipped.items()] + failed
 
 
 def kernel_results_from_rows(rows: Sequence[dict[str, str]]) -> list[KernelResult]:

@@ -145,6 +145,7 @@ class BenchConfig:
                     f"a teacher distils into the distillation token, so it needs *_distilled_* students; "
                     f"got {', '.join(plain)} (choose distilled models with --models, e.g. b-dist)"
                 )
+            check_teacher(self.teacher)
 
     def model_img_size(self, model: str) -> int:
         return self.img_size or model_config(model)["img_size"]
@@ -305,6 +306,21 @@ class StepRunner:
         return replay
 
 
+def check_teacher(name: str) -> None:
+    """A teacher is a fastdeit model name or alias, or a timm model name (when timm imports); else a clear error."""
+    if MODEL_ALIASES.get(name, name) in fastdeit.list_models():
+        return
+    try:
+        import timm
+    except Exception as e:
+        raise ValueError(
+            f"teacher {name!r} is not a fastdeit model ({', '.join(fastdeit.list_models())}), and timm, needed for "
+            f"other teachers such as regnety_160, cannot be imported ({type(e).__name__}: {e})"
+        ) from e
+    if name not in timm.list_models():
+        raise ValueError(f"unknown teacher {name!r}: neither a fastdeit model nor a timm model name")
+
+
 def build_teacher(name: str, img_size: int, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, float | None]:
     """The teacher (a fastdeit model name or alias, else a timm model name), eval mode, and its forward FLOPs per
     image (None when unknown). The same teacher serves every provider, so its cost is common to all of them."""
@@ -314,15 +330,8 @@ def build_teacher(name: str, img_size: int, device: torch.device, dtype: torch.d
             model = fastdeit.create_model(fastdeit_name, img_size=img_size, num_classes=NUM_CLASSES)
             flops = model.flops_per_image()
         else:
-            try:
-                import timm
-            except Exception as e:
-                raise ValueError(
-                    f"teacher {name!r} is not a fastdeit model ({', '.join(fastdeit.list_models())}) and timm, "
-                    f"needed for other teachers, cannot be imported ({type(e).__name__}: {e})"
-                ) from e
-            if name not in timm.list_models():
-                raise ValueError(f"unknown teacher {name!r}: neither a fastdeit model nor a timm model name")
+            import timm
+
             model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES)
             gflop = TEACHER_GFLOP_224.get(name)
             flops = gflop * 1e9 * (img_size / 224) ** 2 if gflop is not None else None  # conv FLOPs scale with pixels
@@ -473,15 +482,19 @@ class ModelBenchmark:
                 available.append(p)
             else:
                 outcome.skipped.append(f"skipped {p.name}: {reason}")
-        runs: list[tuple[str, str, Provider]] = []
+        per_mode: dict[str, list[Provider]] = {}
         for mode in c.modes:
+            per_mode[mode] = []
             for p in available:
                 if mode not in p.modes:
                     outcome.skipped.append(f"skipped {p.name} ({mode}): measures {' and '.join(p.modes)} only")
                 elif mode == "training" and c.drop_path_rate > 0 and not p.drop_path:
                     outcome.skipped.append(f"skipped {p.name} (training): has no stochastic depth (drop path)")
                 else:
-                    runs.extend((model, mode, p) for model in c.models)
+                    per_mode[mode].append(p)
+        # Model by model, every provider of a model together: a run cut short by a time limit still has complete
+        # comparisons for the models it reached.
+        runs = [(model, mode, p) for mode in c.modes for model in c.models for p in per_mode[mode]]
         for line in outcome.skipped:
             print(line)
         bar = tqdm(runs, desc="fastdeit bench", unit="run", file=sys.stderr, dynamic_ncols=True)
@@ -499,6 +512,8 @@ class ModelBenchmark:
                 if c.csv is not None:
                     append_rows(c.csv, m.rows(), c.device.type)
             finally:
+                if provider.compile:
+                    torch._dynamo.reset()  # drop the compiled graphs (and what they hold) before the next model
                 free_memory()
         bar.close()
         return outcome
@@ -508,9 +523,10 @@ def _fmt_rate(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
-def format_table(measurements: list[Measurement], *, header: str | None = None) -> str:
+def format_table(measurements: list[Measurement]) -> str:
     """The throughput table: per (mode, dtype, machine), one line per model and provider.
 
+    'spread' is (fastest - slowest run) / median: a wide one means a noisy machine, not a number to quote.
     'vs best peer' divides by the fastest peer (timm, timm-compile, hf, torch-xformers) of the same model in the
     same group; MFU and peak memory print '-' where they do not apply (CPU, fp32, GPUs other than H100/H200).
     """
@@ -519,7 +535,7 @@ def format_table(measurements: list[Measurement], *, header: str | None = None) 
     groups: dict[tuple[str, str, str], list[Measurement]] = {}
     for m in measurements:
         groups.setdefault((m.mode, m.dtype, m.gpu_name), []).append(m)
-    cols = ("model", "provider", "batch", "img/s", "vs best peer", "MFU", "peak mem", "paper V100 fp32")
+    cols = ("model", "provider", "batch", "img/s", "spread", "vs best peer", "MFU", "peak mem", "paper V100 fp32")
     blocks = []
     for (mode, dtype, gpu), ms in groups.items():
         best: dict[str, float] = {}
@@ -535,6 +551,7 @@ def format_table(measurements: list[Measurement], *, header: str | None = None) 
                     m.provider,
                     str(m.batch),
                     _fmt_rate(m.img_per_s),
+                    f"{100 * (m.img_per_s_max - m.img_per_s_min) / m.img_per_s:.0f}%",
                     ratio,
                     f"{100 * m.mfu:.1f}%" if m.mfu is not None else "-",
                     f"{m.peak_memory_gib:.1f} GiB" if m.peak_memory_gib is not None else "-",
@@ -547,13 +564,15 @@ def format_table(measurements: list[Measurement], *, header: str | None = None) 
         notes.append("MFU '-': only meaningful for bf16/fp16 on H100/H200 (790 TFLOP/s ceiling, shared/ANCHORS.md).")
     if any(m.paper is not None for m in measurements):
         notes.append("paper V100 fp32: DeiT paper Table 1 (one V100, fp32, largest batch); compare with fp32 rows.")
-    top = [header] if header else []
-    return "\n\n".join(top + blocks + (["\n".join(notes)] if notes else []))
+    return "\n\n".join(blocks + (["\n".join(notes)] if notes else []))
 
 
 def environment_header(device: torch.device) -> str:
+    """One line naming the machine and code: device, versions, git sha (and the CPU threads torch uses)."""
+    threads = f" | {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     return (
-        f"{device_name(device.type)} | torch {torch.__version__} | triton {package_version('triton')} | git {git_sha()}"
+        f"{device_name(device.type)}{threads} | torch {torch.__version__} | triton {package_version('triton')} | "
+        f"git {git_sha()}"
     )
 
 

@@ -77,7 +77,7 @@ def plot_results(csv_path: str | os.PathLike, out_dir: str | os.PathLike = RESUL
         if kind == "models":
             ax.set_yscale("log")
         ax.set_ylabel(units[key])
-        ax.set_title(f"{kind}: {' '.join(rest)} on {gpu} (git {', '.join(sorted(shas[key]))})", fontsize=9)
+        ax.set_title(f"{kind}: {' '.join(rest)}\n{gpu}, git {', '.join(sorted(shas[key]))}", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"{_slug(kind, *rest, gpu)}.png"
         fig.savefig(path, dpi=110)

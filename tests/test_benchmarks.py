@@ -5,32 +5,39 @@ These check that the harness measures and records correctly; the numbers themsel
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import types
 
 import pytest
 import torch
-
 from fastdeit.benchmarks import kernels
 from fastdeit.benchmarks.batch_size import BatchSizeCache, find_max_batch, is_oom
 from fastdeit.benchmarks.common import CSV_COLUMNS, Row, append_rows, latest_rows, parse_dtype, read_rows
 from fastdeit.benchmarks.models import BenchConfig, Measurement, format_table, resolve_models
 from fastdeit.benchmarks.plot import plot_results
 from fastdeit.benchmarks.providers import PROVIDERS, XformersAttention, check_providers
-from fastdeit.commands import bench
+
+from fastdeit.cli import main
 from fastdeit.layers import Attention
 
-TINY = ["--models", "ti-dist", "--img-size", "32", "--batch-size", "2", "--repeats", "2", "--warmup", "0"]
+# The CPU on every machine: on a GPU machine the Triton providers must still be reported as skipped here.
+TINY = "--device cpu --models ti-dist --img-size 32 --batch-size 2 --repeats 2 --warmup 0".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread: these tests time nothing that matters, and on a busy machine torch's spinning worker threads
+    make a tiny forward ~100x slower than on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_bench(argv: list[str]) -> int:
-    """`fastdeit bench ARGV`, through the sub-command's own parser."""
-    parser = argparse.ArgumentParser(prog="fastdeit")
-    bench.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *argv])
-    return args.func(args)
+    """`fastdeit bench ARGV`, through the command line's entry point."""
+    return main(["bench", *argv])
 
 
 def check_csv(path) -> list[dict[str, str]]:
@@ -80,7 +87,9 @@ def test_bench_training_with_teacher(tmp_path, capsys):
     assert {r["mode"] for r in rows} == {"training+ti-dist"}
 
 
-def test_bench_user_errors():
+def test_bench_user_errors(capsys):
+    assert run_bench(["--models", "deit_huge"]) == 2  # one line naming what was expected, no traceback
+    assert "fastdeit bench: error: unknown model 'deit_huge'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown model 'deit_huge'.*expected 'all'.*deit_tiny_patch16_224"):
         resolve_models(["deit_huge"])
     with pytest.raises(ValueError, match="unknown provider.*'tensorrt'.*expected some of fastdeit"):
@@ -89,7 +98,9 @@ def test_bench_user_errors():
         parse_dtype("fp8")
     cfg = dict(providers=[PROVIDERS["fastdeit-torch"]], modes=["training"], dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="needs \\*_distilled_\\* students; got deit_tiny_patch16_224"):
-        BenchConfig(models=["deit_tiny_patch16_224"], teacher="regnety_160", **cfg)
+        BenchConfig(models=["deit_tiny_patch16_224"], teacher="ti-dist", **cfg)
+    with pytest.raises(ValueError, match="unknown teacher 'resnet_x'|teacher 'resnet_x' is not a fastdeit model"):
+        BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher="resnet_x", **cfg)
     with pytest.raises(ValueError, match="img_size must be a positive multiple of the patch size 16, got 50"):
         BenchConfig(models=["deit_tiny_patch16_224"], img_size=50, **cfg)
     with pytest.raises(ValueError, match="mode must be one of inference, training, got 'serving'"):
@@ -155,8 +166,9 @@ def test_batch_size_cache(tmp_path):
 
 
 def _measurement(provider: str, img_per_s: float, **kw) -> Measurement:
+    rates = dict(img_per_s=img_per_s, img_per_s_min=img_per_s, img_per_s_max=img_per_s)
     base = dict(model="deit_base_patch16_224", provider=provider, mode="inference", dtype="bf16", batch=256,
-                img_size=224, img_per_s=img_per_s, img_per_s_min=img_per_s, img_per_s_max=img_per_s, gpu_name="H100")  # fmt: skip
+                img_size=224, gpu_name="H100", **rates)  # fmt: skip
     return Measurement(**{**base, **kw})
 
 
@@ -168,6 +180,7 @@ def test_format_table_ratio_mfu_and_paper_column():
         _measurement("fastdeit-torch", 1500.0),
     ])  # fmt: skip
     lines = {line.split()[1]: line for line in table.splitlines() if line.startswith("deit_base")}
+    assert all(" 0% " in line for line in lines.values())  # one run per provider here: no spread
     assert "1.50x" in lines["fastdeit"] and "13.4%" in lines["fastdeit"] and "5.2 GiB" in lines["fastdeit"]
     assert "1.00x" in lines["timm"] and "0.50x" in lines["hf"] and "0.75x" in lines["fastdeit-torch"]
     assert lines["timm"].rstrip().endswith("292")  # the paper's V100 fp32 img/s beside the model
@@ -176,13 +189,13 @@ def test_format_table_ratio_mfu_and_paper_column():
     assert training.splitlines()[2].rstrip().endswith("-")  # no paper number for training, nor peer ratio
 
 
-def test_kernel_suite_tiny_cpu_case(tmp_path):
+def test_kernel_suite_tiny_case(tmp_path, device):
     path = tmp_path / "results.csv"
     results, skipped = kernels.run_kernels(
         ops=["layer_norm_residual", "attention_qkv", "linear_fc1_gelu"],
         providers=["fastdeit", "torch", "sdpa-flash"],
         shapes=kernels.CPU_SHAPES,
-        device="cpu",
+        device=device,
         csv=path,
     )
     assert {(r.op, r.provider) for r in results} == {
@@ -198,9 +211,9 @@ def test_kernel_suite_tiny_cpu_case(tmp_path):
     assert "vs best peer" in kernels.format_kernel_table(results)
 
 
-def test_kernel_case_under_pytest_benchmark(benchmark):
+def test_kernel_case_under_pytest_benchmark(benchmark, device):
     shape = kernels.CPU_SHAPES[0]
-    prepared = kernels.prepare("attention", "fastdeit", shape, torch.float32, torch.device("cpu"), "fwd+bwd")
+    prepared = kernels.prepare("attention", "fastdeit", shape, torch.float32, torch.device(device), "fwd+bwd")
     benchmark.pedantic(prepared.fn, rounds=1, iterations=1)
     for provider in ("sdpa-cudnn", "apex"):
         with pytest.raises(kernels.Unavailable):

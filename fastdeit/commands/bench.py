@@ -7,8 +7,9 @@
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
 
-The method (batch, precision, timing, MFU) is in the docstring of `fastdeit.benchmarks.models`; the suites and the
-GPU script in benchmarks/NOTES.md. Every measurement is appended to the results CSV (--csv) as soon as it is taken.
+The method (batch, precision, timing, MFU) is in the docstring of `fastdeit.benchmarks.models`; how to run each
+suite in benchmarks/README.md, the GPU script and the measurement log in benchmarks/NOTES.md. Every measurement is
+appended to the results CSV (--csv) as soon as it is taken.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from fastdeit.benchmarks.common import DEFAULT_CSV, DTYPES, RESULTS_DIR, latest_rows, read_rows, resolve_device
+from fastdeit.benchmarks.kernels import PROVIDERS as KERNEL_PROVIDERS
 from fastdeit.benchmarks.providers import MODES, PROVIDERS
 
 
@@ -32,9 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--models", nargs="+", metavar="M", help="model names or aliases (ti s b b384 ti-dist s-dist b-dist b384-dist)"
     )
     models.add_argument(
-        "--providers", nargs="+", metavar="P", help=f"default all available: {', '.join(PROVIDERS)} (with --kernels: "
-        "fastdeit torch torch-compile sdpa-flash sdpa-efficient sdpa-cudnn xformers apex)",
-    )  # fmt: skip
+        "--providers",
+        nargs="+",
+        metavar="P",
+        help="default all available: "
+        + "; ".join(f"{prov.name} ({prov.description})" for prov in PROVIDERS.values())
+        + f". With --kernels: {' '.join(KERNEL_PROVIDERS)}",
+    )
     models.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES), help="default: both")
     models.add_argument("--dtype", choices=tuple(DTYPES), help="default bf16 on a GPU (model.to(bf16)), fp32 on CPU")
     models.add_argument("--device", default="auto", help="auto (CUDA when present), cuda or cpu")
@@ -59,21 +65,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("results")
     out.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"results CSV (default {DEFAULT_CSV})")
     out.add_argument("--no-csv", action="store_true", help="print only, append no rows")
-    out.add_argument("--summary", action="store_true", help="print the tables from the CSV (newest rows), run nothing")
+    out.add_argument(
+        "--summary",
+        nargs="?",
+        const="all",
+        choices=("all", "models", "kernels"),
+        help="print the tables from the CSV (newest rows; all, models or kernels), run nothing",
+    )
     out.add_argument("--plot", action="store_true", help="draw PNG charts from the CSV, run nothing")
     out.add_argument("--plot-dir", type=Path, default=RESULTS_DIR, help=f"where --plot writes (default {RESULTS_DIR})")
     p.set_defaults(func=run)
 
 
-def _summary(csv: Path) -> str:
+def _summary(csv: Path, which: str) -> str:
     from fastdeit.benchmarks.kernels import format_kernel_table, kernel_results_from_rows
     from fastdeit.benchmarks.models import format_table, measurements_from_rows
 
     rows = latest_rows(read_rows(csv))
-    parts = [format_table(measurements_from_rows(rows))]
-    kernel_results = kernel_results_from_rows(rows)
-    if kernel_results:
-        parts.append(format_kernel_table(kernel_results))
+    parts = []
+    if which in ("all", "models"):
+        parts.append(format_table(measurements_from_rows(rows)))
+    if which in ("all", "kernels"):
+        parts.append(format_kernel_table(kernel_results_from_rows(rows)))
     return "\n\n".join(parts)
 
 
@@ -82,13 +95,14 @@ def _run_models(args: argparse.Namespace) -> int:
     from fastdeit.benchmarks.common import parse_dtype
     from fastdeit.benchmarks.models import BenchConfig, ModelBenchmark, environment_header, format_table, resolve_models
     from fastdeit.benchmarks.providers import check_providers
+    from fastdeit.models import model_config
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     dtype_name = args.dtype or ("bf16" if gpu else "fp32")
     models = resolve_models(args.models)
     if args.teacher and not args.models:
-        models = [m for m in models if "distilled" in m]  # a teacher needs a distillation token
+        models = [m for m in models if model_config(m)["distilled"]]  # a teacher needs a distillation token
     cfg = BenchConfig(
         models=models,
         providers=check_providers(args.providers or list(PROVIDERS)),
@@ -121,7 +135,7 @@ def _run_models(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.summary or args.plot:
         if args.summary:
-            print(_summary(args.csv))
+            print(_summary(args.csv, args.summary))
         if args.plot:
             from fastdeit.benchmarks.plot import plot_results
 

@@ -184,3 +184,11 @@ def test_triton_backend_on_plain_cpu_is_a_clear_error(monkeypatch):
     model = small_model(backend="triton")
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_create_on_meta_device():
+    """Building under a meta-device context allocates nothing (used to size models before materialising)."""
+    with torch.device("meta"):
+        model = fastdeit.create_model("deit_base_patch16_224", backend="torch", drop_path_rate=0.1)
+    assert model.cls_token.is_meta
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
