@@ -37,6 +37,7 @@ setup(
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "demo": ["scikit-learn", "nvidia-dali-cuda130"],
+        "export": ["onnx", "onnxruntime", "onnxscript"],
         "bench": ["pytest-benchmark", "matplotlib", "xformers"],
         "test": [
             "pytest",
@@ -49,6 +50,7 @@ setup(
             "matplotlib",
             "onnx",
             "onnxruntime",
+            "onnxscript",
         ],
         "timm": ["timm"],
     },
