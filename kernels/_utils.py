@@ -55,3 +55,28 @@ def check_same(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor
             raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}")
         if t.dtype != ref.dtype:
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+
+
+def check_matrix(
+    op: str,
+    name: str,
+    t: object,
+    shape: tuple[int, int],
+    like: torch.Tensor,
+    like_name: str = "x",
+    *,
+    dtype: torch.dtype | None = None,
+    unit_col_stride: bool = True,
+) -> torch.Tensor:
+    """A 2-D tensor of `shape` on `like`'s device, of `dtype` (any supported dtype when None) and, by default, with
+    unit stride along its last dim (what the kernels' row-pointer arithmetic assumes)."""
+    t = check_tensor(op, name, t, ndim=2)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have dtype {dtype}, got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but {like_name} is on {like.device}")
+    if unit_col_stride and shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
+        raise ValueError(f"{op}: {name} must have unit stride along its last dim, got strides {t.stride()}")
+    return t

@@ -1,11 +1,12 @@
 """LayerNorm over the last dim, with an optional fused residual add (the pre-norm transformer pattern).
 
 Forward, per row of C values, statistics in fp32:
-    s    = x + residual                        (with a residual, rounded to x's dtype and returned; else s = x)
+    s    = x + residual                        (with a residual: added in fp32, rounded to s's dtype and returned;
+                                                else s = x)
     mean = sum(s) / C
     rstd = 1 / sqrt(sum((s - mean)^2) / C + eps)
     xhat = (s - mean) * rstd
-    y    = xhat * weight + bias
+    y    = xhat * weight + bias                (stored in out_dtype, by default s's dtype)
 Backward, with dy the grad of y and ds the grad of the returned s (none without a residual):
     g        = dy * weight
     dx       = rstd * (g - mean(g) - xhat * mean(g * xhat)) + ds      (= dresidual)
@@ -13,6 +14,11 @@ Backward, with dy the grad of y and ds the grad of the returned s (none without 
     dbias    = sum over rows of dy
 dweight and dbias: each backward program walks a strided set of row tiles, accumulates its share in fp32
 registers, writes one partial row; the few hundred partial rows are then summed by torch.
+
+Dtypes follow torch's type promotion, so mixed precision keeps an fp32 residual stream: x and residual may differ
+(e.g. a bf16 branch output added to the fp32 stream), s has dtype promote_types(x, residual) like `x + residual`,
+weight/bias may be fp32 under low-precision x, and y may be asked for in another dtype (fp32, as torch's CUDA
+autocast runs layer_norm). dx and dresidual are the same fp32 values stored once in each input's dtype.
 
 Rows are processed in tiles of BLOCK_ROWS x BLOCK_C (about 4096 elements) so narrow rows (C = 192, 384, 768)
 still give each program enough work. Inputs are read through their row stride; a tensor whose rows cannot be
@@ -31,7 +37,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import check_same, check_tensor
+from ._utils import SUPPORTED_DTYPES, check_matrix, check_same, check_tensor
 
 _OP = "layer_norm"
 # Tile size target in elements, and the widest row a single tile may hold.
@@ -71,8 +77,8 @@ def _layer_norm_fwd_kernel(
     x = tl.load(x_ptr + rows64[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0)
     if HAS_RESIDUAL:
         residual = tl.load(residual_ptr + rows64[:, None] * stride_residual_row + cols[None, :], mask=mask, other=0.0)
-        # Round the sum to the input dtype first: the normalised value is exactly the s that is returned and saved.
-        s_out = (x.to(tl.float32) + residual.to(tl.float32)).to(x.dtype)
+        # Round the sum to s's dtype first: the normalised value is exactly the s that is returned and saved.
+        s_out = (x.to(tl.float32) + residual.to(tl.float32)).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + rows64[:, None] * stride_s_row + cols[None, :], s_out, mask=mask)
         s = s_out.to(tl.float32)
     else:
@@ -101,6 +107,7 @@ def _layer_norm_bwd_kernel(
     mean_ptr,
     rstd_ptr,
     dx_ptr,
+    dresidual_ptr,
     dweight_partial_ptr,
     dbias_partial_ptr,
     n_rows,
@@ -109,7 +116,9 @@ def _layer_norm_bwd_kernel(
     stride_ds_row,
     stride_s_row,
     stride_dx_row,
+    stride_dresidual_row,
     HAS_DS: tl.constexpr,
+    HAS_DRESIDUAL: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -139,28 +148,15 @@ def _layer_norm_bwd_kernel(
         if HAS_DS:
             dx += tl.load(ds_ptr + rows64[:, None] * stride_ds_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows64[:, None] * stride_dx_row + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if HAS_DRESIDUAL:
+            dresidual = dx.to(dresidual_ptr.dtype.element_ty)
+            tl.store(dresidual_ptr + rows64[:, None] * stride_dresidual_row + cols[None, :], dresidual, mask=mask)
 
         dweight_acc += tl.sum(dy * xhat, axis=0)
         dbias_acc += tl.sum(dy, axis=0)
 
     tl.store(dweight_partial_ptr + pid * n_cols + cols, dweight_acc, mask=col_mask)
     tl.store(dbias_partial_ptr + pid * n_cols + cols, dbias_acc, mask=col_mask)
-
-
-def _check_matrix(
-    name: str, t: object, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """A 2-D tensor of the given shape, dtype and device whose last dim has unit stride."""
-    t = check_tensor(_OP, name, t, ndim=2)
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise TypeError(f"{_OP}: {name} must have dtype {dtype}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{_OP}: {name} must be on {device}, got {t.device}")
-    if shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
-        raise ValueError(f"{_OP}: {name} must have unit stride along its last dim, got strides {t.stride()}")
-    return t
 
 
 def _check_vector(name: str, t: object, length: int, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
@@ -217,20 +213,22 @@ def launch_layer_norm_fwd(
 ) -> None:
     """Write y = LN(s) with s = x (+ residual) into `y`, s into `s` (only with a residual), fp32 stats into mean/rstd.
 
-    x, residual, y, s: (M, C), unit stride along C; weight, bias: (C,); mean, rstd: (M,) fp32.
+    x, residual, y, s: (M, C), unit stride along C; weight, bias: (C,); mean, rstd: (M,) fp32. x, residual and y
+    may each have any supported dtype; s must have promote_types(x.dtype, residual.dtype).
     """
     x = check_tensor(_OP, "x", x, ndim=2)
-    n_rows, n_cols = x.shape
-    x = _check_matrix("x", x, (n_rows, n_cols), x.dtype, x.device)
+    shape = tuple(x.shape)
+    n_rows, n_cols = shape
+    x = check_matrix(_OP, "x", x, shape, x)
     weight, bias = _check_params(weight, bias, n_cols, x.device)
     if residual is not None:
-        residual = _check_matrix("residual", residual, (n_rows, n_cols), x.dtype, x.device)
+        residual = check_matrix(_OP, "residual", residual, shape, x)
         if s is None:
-            raise ValueError(f"{_OP}: with a residual, an output tensor s of shape {(n_rows, n_cols)} is required")
-        s = _check_matrix("s", s, (n_rows, n_cols), x.dtype, x.device)
+            raise ValueError(f"{_OP}: with a residual, an output tensor s of shape {shape} is required")
+        s = check_matrix(_OP, "s", s, shape, x, dtype=torch.promote_types(x.dtype, residual.dtype))
     elif s is not None:
         raise ValueError(f"{_OP}: s is written only with a residual; expected s=None, got a tensor")
-    y = _check_matrix("y", y, (n_rows, n_cols), x.dtype, x.device)
+    y = check_matrix(_OP, "y", y, shape, x)
     mean = _check_vector("mean", mean, n_rows, torch.float32, x.device)
     rstd = _check_vector("rstd", rstd, n_rows, torch.float32, x.device)
     if n_cols == 0:
@@ -272,19 +270,25 @@ def launch_layer_norm_bwd(
     dx: torch.Tensor,
     dweight_partial: torch.Tensor,
     dbias_partial: torch.Tensor,
+    dresidual: torch.Tensor | None = None,
 ) -> None:
     """Write dx (M, C) and per-program fp32 partial sums of dweight and dbias, each (P, C); dweight = partial.sum(0).
 
-    dy, ds, s, dx: (M, C), unit stride along C; weight: (C,); mean, rstd: (M,) fp32 from the forward.
-    P, the number of programs, is dweight_partial.shape[0] (at least 1); every partial row is written.
+    dy, ds, s, dx, dresidual: (M, C), unit stride along C; weight: (C,); mean, rstd: (M,) fp32 from the forward.
+    ds has s's dtype; dy, dx and dresidual any supported dtype. dresidual, if given, receives the same values as dx
+    (the residual's grad, for a residual whose dtype differs from x's). P, the number of programs, is
+    dweight_partial.shape[0] (at least 1); every partial row is written.
     """
     s = check_tensor(_OP, "s", s, ndim=2)
-    n_rows, n_cols = s.shape
-    s = _check_matrix("s", s, (n_rows, n_cols), s.dtype, s.device)
-    dy = _check_matrix("dy", dy, (n_rows, n_cols), s.dtype, s.device)
+    shape = tuple(s.shape)
+    n_rows, n_cols = shape
+    s = check_matrix(_OP, "s", s, shape, s, "s")
+    dy = check_matrix(_OP, "dy", dy, shape, s, "s")
     if ds is not None:
-        ds = _check_matrix("ds", ds, (n_rows, n_cols), s.dtype, s.device)
-    dx = _check_matrix("dx", dx, (n_rows, n_cols), s.dtype, s.device)
+        ds = check_matrix(_OP, "ds", ds, shape, s, "s", dtype=s.dtype)
+    dx = check_matrix(_OP, "dx", dx, shape, s, "s")
+    if dresidual is not None:
+        dresidual = check_matrix(_OP, "dresidual", dresidual, shape, s, "s")
     weight, _ = _check_params(weight, None, n_cols, s.device)
     mean = _check_vector("mean", mean, n_rows, torch.float32, s.device)
     rstd = _check_vector("rstd", rstd, n_rows, torch.float32, s.device)
@@ -292,7 +296,8 @@ def launch_layer_norm_bwd(
     if n_programs < 1:
         raise ValueError(f"{_OP}: dweight_partial must have at least one row, got shape {tuple(dweight_partial.shape)}")
     for name, partial in (("dweight_partial", dweight_partial), ("dbias_partial", dbias_partial)):
-        if not _check_matrix(name, partial, (n_programs, n_cols), torch.float32, s.device).is_contiguous():
+        partial = check_matrix(_OP, name, partial, (n_programs, n_cols), s, "s", dtype=torch.float32)
+        if not partial.is_contiguous():
             raise ValueError(f"{_OP}: {name} must be contiguous, got strides {partial.stride()}")
     block_rows, block_c, num_warps = _tile(n_cols)
     _layer_norm_bwd_kernel[(n_programs,)](
@@ -303,6 +308,7 @@ def launch_layer_norm_bwd(
         mean,
         rstd,
         dx,
+        dx if dresidual is None else dresidual,  # not written without HAS_DRESIDUAL
         dweight_partial,
         dbias_partial,
         n_rows,
@@ -311,7 +317,9 @@ def launch_layer_norm_bwd(
         0 if ds is None else ds.stride(0),
         s.stride(0),
         dx.stride(0),
+        0 if dresidual is None else dresidual.stride(0),
         HAS_DS=ds is not None,
+        HAS_DRESIDUAL=dresidual is not None,
         BLOCK_ROWS=block_rows,
         BLOCK_C=block_c,
         num_warps=num_warps,
@@ -324,13 +332,15 @@ def layer_norm_ref(
     bias: torch.Tensor | None,
     eps: float = 1e-6,
     residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch `layer_norm`: the add in x's dtype, the norm in at least fp32, y cast back to x's dtype."""
+    """Plain torch `layer_norm`: the add with torch's type promotion, the norm in at least fp32, y cast to out_dtype
+    (default s's dtype)."""
     s = x if residual is None else x + residual
     compute = torch.promote_types(s.dtype, torch.float32)
     y = F.layer_norm(
         s.to(compute), (s.shape[-1],), weight.to(compute), None if bias is None else bias.to(compute), eps
-    ).to(x.dtype)
+    ).to(out_dtype or s.dtype)
     return y if residual is None else (y, s)
 
 
@@ -344,18 +354,36 @@ def _rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(1) == 1 else rows.contiguous()
 
 
+def _output_dtypes(
+    x: torch.Tensor, residual: torch.Tensor | None, out_dtype: torch.dtype | None
+) -> tuple[torch.dtype, torch.dtype]:
+    """(s's dtype, y's dtype): s as `x + residual` would be, y in out_dtype or else s's dtype."""
+    s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{_OP}: out_dtype must be None or one of {[str(d) for d in SUPPORTED_DTYPES]}, got {out_dtype}"
+        )
+    return s_dtype, out_dtype or s_dtype
+
+
 @torch.library.custom_op("fastdeit::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    out_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, s, mean, rstd); s is empty without a residual; mean, rstd: (M,) fp32 with M the number of rows."""
     if check_tensor(_OP, "x", x).dim() == 0:
         raise ValueError(f"{_OP}: x must have at least one dim (..., C), got a 0-D tensor")
     x_rows = _rows("x", x, x)
     residual_rows = None if residual is None else _rows("residual", residual, x)
+    s_dtype, y_dtype = _output_dtypes(x, residual, out_dtype)
     n_rows = x_rows.shape[0]
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    s = x.new_empty(0) if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=y_dtype, device=x.device)
+    s = x.new_empty(0) if residual is None else torch.empty(x.shape, dtype=s_dtype, device=x.device)
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     launch_layer_norm_fwd(
@@ -374,12 +402,18 @@ def _layer_norm_fwd_op(
 
 @_layer_norm_fwd_op.register_fake
 def _(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, eps: float
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    out_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    s_dtype, y_dtype = _output_dtypes(x, residual, out_dtype)
     n_rows = math.prod(x.shape[:-1])
-    s = x.new_empty(0) if residual is None else torch.empty_like(x, memory_format=torch.contiguous_format)
+    s = x.new_empty(0) if residual is None else x.new_empty(x.shape, dtype=s_dtype)
     return (
-        torch.empty_like(x, memory_format=torch.contiguous_format),
+        x.new_empty(x.shape, dtype=y_dtype),
         s,
         x.new_empty(n_rows, dtype=torch.float32),
         x.new_empty(n_rows, dtype=torch.float32),
@@ -394,11 +428,17 @@ def _layer_norm_bwd_op(
     weight: torch.Tensor,
     mean: torch.Tensor,
     rstd: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias) for y = LN(s); dx includes ds; dweight, dbias in weight's dtype."""
+    dx_dtype: torch.dtype,
+    dresidual_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dresidual, dweight, dbias) for y = LN(s): dx (ds included) in dx_dtype; dresidual, the same values in
+    dresidual_dtype, written only when that is given (else empty); dweight, dbias in weight's dtype."""
     s_rows = _rows("s", s, s)
     n_rows, n_cols = s_rows.shape
-    dx = torch.empty(s.shape, dtype=s.dtype, device=s.device)
+    dx = torch.empty(s.shape, dtype=dx_dtype, device=s.device)
+    dresidual = (
+        s.new_empty(0) if dresidual_dtype is None else torch.empty(s.shape, dtype=dresidual_dtype, device=s.device)
+    )
     n_programs = max(1, min(_bwd_programs(s.device), triton.cdiv(n_rows, _tile(n_cols)[0])))
     dweight_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
     dbias_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
@@ -412,8 +452,9 @@ def _layer_norm_bwd_op(
         dx.view(s_rows.shape),
         dweight_partial,
         dbias_partial,
+        None if dresidual_dtype is None else dresidual.view(s_rows.shape),
     )
-    return dx, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
+    return dx, dresidual, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
 
 
 @_layer_norm_bwd_op.register_fake
@@ -424,20 +465,24 @@ def _(
     weight: torch.Tensor,
     mean: torch.Tensor,
     rstd: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx_dtype: torch.dtype,
+    dresidual_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return (
-        torch.empty_like(s, memory_format=torch.contiguous_format),
+        s.new_empty(s.shape, dtype=dx_dtype),
+        s.new_empty(0) if dresidual_dtype is None else s.new_empty(s.shape, dtype=dresidual_dtype),
         torch.empty_like(weight),
         torch.empty_like(weight),
     )
 
 
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, ...]) -> None:
-    x, weight, bias, residual, _eps = inputs
+    x, weight, bias, residual, _eps, _out_dtype = inputs
     _y, s, mean, rstd = output
     ctx.save_for_backward(x if residual is None else s, weight, mean, rstd)
     ctx.has_bias = bias is not None
-    ctx.has_residual = residual is not None
+    ctx.x_dtype = x.dtype
+    ctx.residual_dtype = None if residual is None else residual.dtype
     ctx.mark_non_differentiable(mean, rstd)
     ctx.set_materialize_grads(False)
 
@@ -450,11 +495,19 @@ def _backward(
     _drstd: torch.Tensor | None,
 ) -> tuple:
     s, weight, mean, rstd = ctx.saved_tensors
+    has_residual = ctx.residual_dtype is not None
     if dy is None:
         dy = torch.zeros_like(s)  # only the s output was used downstream
-    ds = ds if ctx.has_residual else None
-    dx, dweight, dbias = torch.ops.fastdeit.layer_norm_bwd(dy, ds, s, weight, mean, rstd)
-    return dx, dweight, dbias if ctx.has_bias else None, dx if ctx.has_residual else None, None
+    # x and residual get the same grad; a second copy is written only for a residual in another dtype.
+    own_dresidual = has_residual and ctx.residual_dtype != ctx.x_dtype
+    dresidual_dtype = ctx.residual_dtype if own_dresidual else None
+    ds = ds if has_residual else None
+    dx, dresidual, dweight, dbias = torch.ops.fastdeit.layer_norm_bwd(
+        dy, ds, s, weight, mean, rstd, ctx.x_dtype, dresidual_dtype
+    )
+    if not own_dresidual:
+        dresidual = dx if has_residual else None
+    return dx, dweight, dbias if ctx.has_bias else None, dresidual, None, None
 
 
 _layer_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -466,6 +519,7 @@ def layer_norm(
     bias: torch.Tensor | None,
     eps: float = 1e-6,
     residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm over the last dim of x, optionally after a fused residual add.
 
@@ -474,12 +528,15 @@ def layer_norm(
         weight: (C,), a floating dtype (may differ from x's, e.g. fp32 params with bf16 activations).
         bias: (C,) in weight's dtype, or None.
         eps: added to the variance.
-        residual: (..., C) like x, or None.
+        residual: (..., C) like x, in any of x's supported dtypes (e.g. the fp32 residual stream with a bf16 x),
+            or None.
+        out_dtype: y's dtype; None for s's dtype (fp32 gives what torch's CUDA autocast returns for layer_norm).
 
     Returns:
-        Without a residual, y (..., C) = LN(x) in x's dtype. With one, (y, s): s (..., C) = x + residual in x's
-        dtype and y = LN(s). Statistics are fp32. Gradients flow to x, residual, weight and bias (and into both
+        Without a residual, y (..., C) = LN(x). With one, (y, s): s (..., C) = x + residual, added in fp32 and
+        stored in torch.promote_types(x.dtype, residual.dtype) (the dtype of `x + residual`), and y = LN(s).
+        Statistics are fp32. Gradients flow to x, residual, weight and bias, each in its own dtype (and into both
         y and s when both are used downstream).
     """
-    y, s, _mean, _rstd = torch.ops.fastdeit.layer_norm_fwd(x, weight, bias, residual, eps)
+    y, s, _mean, _rstd = torch.ops.fastdeit.layer_norm_fwd(x, weight, bias, residual, eps, out_dtype)
     return y if residual is None else (y, s)

@@ -14,6 +14,11 @@ Two forward paths, picked per shape by `_use_triton_matmul`:
     bias, GELU and residual applied to the accumulator before the single store;
   * cuBLAS `addmm` (bias fused there) followed by a Triton elementwise kernel for GELU and the residual.
 fp32 inputs use IEEE fp32 products in `tl.dot` (no tf32), matching torch's default fp32 matmul.
+
+Dtypes: x, weight and bias share the compute dtype, which pre has too. The residual may have another float dtype
+(the fp32 residual stream under autocast); it is added in fp32 and out has torch.promote_types(x, residual), exactly
+the dtype of `F.linear(x, weight, bias) + residual`. In the backward dresidual is dout in the residual's dtype and dz
+is in the compute dtype, which the matmuls run in.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import check_same, check_tensor, is_interpreter
+from ._utils import check_matrix, check_same, check_tensor, is_interpreter
 
 _OP = "linear"
 ACTIVATIONS = (None, "gelu")
@@ -195,23 +200,9 @@ def _check_activation(activation: object) -> None:
         raise ValueError(f"{_OP}: activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
-def _check_matrix(
-    name: str,
-    t: object,
-    shape: tuple[int, int],
-    like: torch.Tensor,
-    like_name: str = "x",
-    *,
-    unit_col_stride: bool = True,
-) -> torch.Tensor:
-    """A 2-D tensor of `shape` with `like`'s dtype and device (and, by default, unit stride along its last dim)."""
-    t = check_tensor(_OP, name, t, ndim=2)
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{_OP}: {name} must have shape {shape}, got {tuple(t.shape)}")
-    check_same(_OP, like_name, like, **{name: t})
-    if unit_col_stride and shape[0] > 0 and shape[1] > 1 and t.stride(1) != 1:
-        raise ValueError(f"{_OP}: {name} must have unit stride along its last dim, got strides {t.stride()}")
-    return t
+def _out_dtype(compute: torch.dtype, residual: torch.Tensor | None) -> torch.dtype:
+    """out's dtype: that of `F.linear(x, weight, bias) + residual`."""
+    return compute if residual is None else torch.promote_types(compute, residual.dtype)
 
 
 def _check_inputs(
@@ -221,13 +212,14 @@ def _check_inputs(
     x = check_tensor(_OP, "x", x, ndim=2)
     M, K = x.shape
     N = check_tensor(_OP, "weight", weight, ndim=2).shape[0]
-    _check_matrix("weight", weight, (N, K), x, unit_col_stride=False)
+    check_matrix(_OP, "weight", weight, (N, K), x, unit_col_stride=False)
+    check_same(_OP, "x", x, weight=weight)
     if bias is not None:
         check_same(_OP, "x", x, bias=check_tensor(_OP, "bias", bias, ndim=1))
         if bias.shape[0] != N or (N > 1 and bias.stride(0) != 1):
             raise ValueError(f"{_OP}: bias must be contiguous of shape ({N},), got {tuple(bias.shape)}")
     if residual is not None:
-        _check_matrix("residual", residual, (M, N), x)
+        check_matrix(_OP, "residual", residual, (M, N), x)
     return M, N, K
 
 
@@ -243,12 +235,13 @@ def launch_linear_fwd(
     """Triton matmul: write act(x @ weight.T + bias) + residual into `out`, and x @ weight.T + bias into `pre`.
 
     x: (M, K), any strides; weight: (N, K), any strides; bias: (N,) or None; residual, out, pre: (M, N) with unit
-    stride along N; residual and pre may be None. All in x's dtype and on x's device.
+    stride along N; residual and pre may be None. All on x's device; weight, bias and pre in x's dtype, residual in
+    any supported dtype, out in promote_types(x.dtype, residual.dtype) (x's dtype without a residual).
     """
     M, N, K = _check_inputs(x, weight, bias, residual)
-    out = _check_matrix("out", out, (M, N), x)
+    out = check_matrix(_OP, "out", out, (M, N), x, dtype=_out_dtype(x.dtype, residual))
     if pre is not None:
-        pre = _check_matrix("pre", pre, (M, N), x)
+        pre = check_matrix(_OP, "pre", pre, (M, N), x, dtype=x.dtype)
     _check_activation(activation)
     if M == 0 or N == 0:
         return
@@ -281,13 +274,14 @@ def launch_linear_fwd(
 def launch_linear_epilogue(
     pre: torch.Tensor, residual: torch.Tensor | None, activation: str | None, out: torch.Tensor
 ) -> None:
-    """Elementwise: write act(pre) + residual into `out`. pre, residual, out: (M, N), unit stride along N."""
+    """Elementwise: write act(pre) + residual into `out`. pre, residual, out: (M, N), unit stride along N; residual in
+    any supported dtype, out in promote_types(pre.dtype, residual.dtype) (pre's dtype without a residual)."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    pre = _check_matrix("pre", pre, (M, N), pre, "pre")
+    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
     if residual is not None:
-        residual = _check_matrix("residual", residual, (M, N), pre, "pre")
-    out = _check_matrix("out", out, (M, N), pre, "pre")
+        residual = check_matrix(_OP, "residual", residual, (M, N), pre, "pre")
+    out = check_matrix(_OP, "out", out, (M, N), pre, "pre", dtype=_out_dtype(pre.dtype, residual))
     _check_activation(activation)
     if M == 0 or N == 0:
         return
@@ -308,12 +302,13 @@ def launch_linear_epilogue(
 
 
 def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> None:
-    """Elementwise: write dz = dout * GELU'(pre). dout, pre, dz: (M, N), unit stride along N, one dtype."""
-    dout = check_tensor(_OP, "dout", dout, ndim=2)
-    M, N = dout.shape
-    dout = _check_matrix("dout", dout, (M, N), dout, "dout")
-    pre = _check_matrix("pre", pre, (M, N), dout, "dout")
-    dz = _check_matrix("dz", dz, (M, N), dout, "dout")
+    """Elementwise: write dz = dout * GELU'(pre). dout, pre, dz: (M, N), unit stride along N; dz in pre's dtype (the
+    compute dtype), dout in any supported dtype (out's, which a residual in another dtype may have promoted)."""
+    pre = check_tensor(_OP, "pre", pre, ndim=2)
+    M, N = pre.shape
+    dout = check_matrix(_OP, "dout", dout, (M, N), pre, "pre")
+    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
+    dz = check_matrix(_OP, "dz", dz, (M, N), pre, "pre", dtype=pre.dtype)
     if M == 0 or N == 0:
         return
     _gelu_bwd_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -337,7 +332,8 @@ def linear_ref(
     activation: str | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain torch `linear`, in the inputs' dtype: F.linear, then F.gelu (exact erf), then the residual add."""
+    """Plain torch `linear`: F.linear and F.gelu (exact erf) in x's dtype, then the residual add with torch's type
+    promotion."""
     _check_activation(activation)
     out = F.linear(x, weight, bias)
     if activation == "gelu":
@@ -386,7 +382,7 @@ def _linear_fwd_op(
     x_rows = x.reshape(-1, K)
     M = x_rows.shape[0]
     residual_rows = None if residual is None else _rows(residual, N)
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+    out = torch.empty(out_shape, dtype=_out_dtype(x.dtype, residual), device=x.device)
     keep_pre = save_pre and activation == "gelu"
     pre = torch.empty(out_shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
     out_rows = out.view(M, N)
@@ -420,32 +416,33 @@ def _(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape = (*x.shape[:-1], weight.shape[0])
     pre = x.new_empty(out_shape) if save_pre and activation == "gelu" else x.new_empty(0)
-    return x.new_empty(out_shape), pre
+    return x.new_empty(out_shape, dtype=_out_dtype(x.dtype, residual)), pre
 
 
 @torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
 def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    """dz (..., N) = dout * GELU'(pre); dout, pre: (..., N)."""
+    """dz (..., N) = dout * GELU'(pre) in pre's dtype; dout, pre: (..., N)."""
     check_tensor(_OP, "dout", dout)
     if dout.shape != check_tensor(_OP, "pre", pre).shape:
         raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
     N = dout.shape[-1]
-    dz = torch.empty(dout.shape, dtype=dout.dtype, device=dout.device)
+    dz = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
     launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
     return dz
 
 
 @_gelu_bwd_op.register_fake
 def _(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(dout, memory_format=torch.contiguous_format)
+    return torch.empty_like(pre, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    x, weight, bias, _residual, activation, _save_pre = inputs
+    x, weight, bias, residual, activation, _save_pre = inputs
     _out, pre = output
     ctx.save_for_backward(x, weight, pre)
     ctx.activation = activation
     ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.residual_dtype = None if residual is None else residual.dtype
     ctx.mark_non_differentiable(pre)
     ctx.set_materialize_grads(False)
 
@@ -455,11 +452,12 @@ def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor |
     needs_x, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     dx = dweight = dbias = None
     if dout is not None and (needs_x or needs_weight or needs_bias):
-        dz = dout
         if ctx.activation == "gelu":
             if pre.shape != dout.shape:
                 raise RuntimeError(f"{_OP}: backward through GELU needs the forward to run with save_pre=True")
             dz = torch.ops.fastdeit.linear_gelu_bwd(dout, pre)
+        else:
+            dz = dout.to(x.dtype)  # out may have a residual's wider dtype; the matmuls run in the compute dtype
         dz_rows = dz.reshape(-1, weight.shape[0])
         if needs_x:
             dx = (dz_rows @ weight).reshape(x.shape)
@@ -467,7 +465,7 @@ def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor |
             dweight = dz_rows.t() @ x.reshape(-1, weight.shape[1])
         if needs_bias:
             dbias = dz_rows.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-    dresidual = dout if needs_residual else None
+    dresidual = dout.to(ctx.residual_dtype) if needs_residual and dout is not None else None
     return dx, dweight, dbias, dresidual, None, None
 
 
@@ -484,14 +482,17 @@ def linear(
     """out = act(x @ weight.T + bias) + residual, in one kernel where `_use_triton_matmul` says so.
 
     Args:
-        x: (..., K), fp32, fp16 or bf16; any strides.
+        x: (..., K), fp32, fp16 or bf16; any strides. Its dtype is the compute dtype.
         weight: (N, K) (nn.Linear layout), x's dtype.
         bias: (N,) in x's dtype, or None.
         activation: None or "gelu" (exact erf GELU, as nn.GELU()).
-        residual: (..., N) in x's dtype, or None; added after the activation.
+        residual: (..., N) in any of x's supported dtypes (e.g. the fp32 residual stream with bf16 x), or None;
+            added in fp32 after the activation.
 
     Returns:
-        out (..., N) in x's dtype, accumulated in fp32. Differentiable in x, weight, bias and residual.
+        out (..., N), accumulated in fp32, in x's dtype, or with a residual in torch.promote_types(x.dtype,
+        residual.dtype) as `F.linear(x, weight, bias) + residual` would be. Differentiable in x, weight, bias and
+        residual, each grad in its input's dtype.
     """
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad)

@@ -50,7 +50,7 @@ class Attention(nn.Module):
         # The fused kernel has no dropout on the attention matrix (DeiT trains without it): fall back then.
         triton = use_triton(self.backend, x) and attn_dropout == 0.0
         if triton:
-            qkv = ops().linear(x, self.qkv.weight, self.qkv.bias)
+            qkv = fused_linear(self.qkv, x, self.backend)  # under autocast: q, k, v in the autocast dtype
             out = ops().attention_qkv(qkv, self.num_heads, scale=self.scale)
         else:
             qkv = F.linear(x, self.qkv.weight, self.qkv.bias)

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
+from typing import Literal
 
 import torch
 
@@ -52,6 +53,24 @@ def use_triton(backend: str, x: torch.Tensor) -> bool:
             f"the kernels on the CPU); got a tensor on {x.device}. Use backend='torch' or 'auto' for this device."
         )
     return True
+
+
+def autocast_dtype(op: Literal["linear", "layer_norm"], x: torch.Tensor) -> torch.dtype | None:
+    """The dtype torch's autocast runs `op` in for input `x`, or None where autocast leaves the op alone.
+
+    The fused ops do not go through autocast themselves, so the layers apply its policy on the Triton path:
+    "linear": the autocast dtype (x, weight and bias cast to it; a residual added after keeps its dtype).
+    "layer_norm": fp32 on CUDA, where layer_norm is on autocast's fp32 list (the result is fp32, whatever x's dtype);
+    None on the CPU, whose autocast runs layer_norm in its input's dtype.
+    """
+    if op not in ("linear", "layer_norm"):
+        raise ValueError(f"op must be 'linear' or 'layer_norm', got {op!r}")
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    if op == "linear":
+        return torch.get_autocast_dtype(device)
+    return torch.float32 if device == "cuda" else None
 
 
 def prepare(backend: str) -> str:

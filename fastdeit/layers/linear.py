@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import ops, use_triton
+from fastdeit.layers.backend import autocast_dtype, ops, use_triton
 
 
 def fused_linear(
@@ -19,10 +19,18 @@ def fused_linear(
 ) -> torch.Tensor:
     """`act(layer(x)) + residual` with `layer`'s parameters; one fused op on the Triton backend.
 
-    Shapes: x (..., in_features), residual (..., out_features) -> (..., out_features).
+    Shapes: x (..., in_features), residual (..., out_features) -> (..., out_features). Under autocast both backends
+    give the dtypes of torch's autocast: the linear in the autocast dtype, the add promoted to the residual's dtype.
     """
     if use_triton(backend, x):
-        return ops().linear(x, layer.weight, layer.bias, activation=activation, residual=residual)
+        weight, bias = layer.weight, layer.bias
+        dtype = autocast_dtype("linear", x)
+        if dtype is not None:
+            # What autocast does for F.linear (weights cast on every call); the residual keeps its dtype and the
+            # fused add promotes, as `F.linear(...) + residual` does, so an fp32 residual stream stays fp32.
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        return ops().linear(x, weight, bias, activation=activation, residual=residual)
     y = F.linear(x, layer.weight, layer.bias)
     if activation == "gelu":
         y = F.gelu(y)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import ops, prepare, use_triton
+from fastdeit.layers.backend import autocast_dtype, ops, prepare, use_triton
 
 
 class LayerNorm(nn.LayerNorm):
@@ -14,7 +14,9 @@ class LayerNorm(nn.LayerNorm):
 
     `forward(x)` -> LN(x). `forward(x, residual)` -> `(LN(x + residual), x + residual)`: the Triton backend
     reads each input once and writes each output once, so a transformer block needs no standalone add.
-    Shapes: x, residual (..., C); outputs the same shape and dtype as x.
+    Shapes: x, residual (..., C); outputs the same shape. Dtypes as torch gives them: x + residual promotes (an fp32
+    residual stream stays fp32 under a low-precision x), LN keeps that dtype, except under CUDA autocast, which runs
+    layer_norm in fp32.
     """
 
     def __init__(self, normalized_shape: int, eps: float = 1e-6, *, backend: str = "auto", **kwargs) -> None:
@@ -25,7 +27,8 @@ class LayerNorm(nn.LayerNorm):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if use_triton(self.backend, x):
-            return ops().layer_norm(x, self.weight, self.bias, eps=self.eps, residual=residual)
+            out_dtype = autocast_dtype("layer_norm", x)
+            return ops().layer_norm(x, self.weight, self.bias, eps=self.eps, residual=residual, out_dtype=out_dtype)
         if residual is None:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         s = x + residual

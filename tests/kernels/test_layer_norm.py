@@ -1,7 +1,8 @@
 """Tests for kernels/layer_norm.py: forward and backward against an fp64 reference, launchers, errors, registration.
 
 Pass rule for every output and gradient: the error of the op against the fp64 reference (`layer_norm_ref` on
-upcast inputs) is at most twice the error of `layer_norm_ref` run in the same dtype, plus a small atol.
+upcast inputs) is at most twice the error of `layer_norm_ref` run in the same dtypes, plus a small atol for the dtype
+the value is stored in (mixed-dtype calls store an fp32 s next to an fp16 dx, etc.).
 """
 
 import pytest
@@ -14,8 +15,9 @@ from fastdeit.kernels.layer_norm import (
 )
 
 EPS = 1e-6
-# The atol only matters where the same-dtype torch error is ~0; one unit in the last place at 1.0 for 16-bit
-# dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the summation order.
+# The atol, picked by the dtype of the checked tensor, only matters where the same-dtype torch error is ~0; one unit
+# in the last place at 1.0 for 16-bit dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the
+# summation order.
 ATOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 FLOAT_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
 
@@ -24,9 +26,10 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor, atol: float) -> None:
+def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor) -> None:
     assert ours.shape == exact.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(exact.shape)}"
     assert ours.dtype == same_dtype.dtype, f"{name}: dtype {ours.dtype} != {same_dtype.dtype}"
+    atol = ATOL[ours.dtype]
     ours_err, torch_err = _max_err(ours, exact), _max_err(same_dtype, exact)
     assert ours_err <= 2 * torch_err + atol, f"{name}: error {ours_err:.3g} vs torch's {torch_err:.3g} (atol {atol})"
 
@@ -42,22 +45,24 @@ def _run(fn, inputs: dict, grads: list[torch.Tensor]) -> tuple[list[torch.Tensor
     return [o.detach() for o in outs], dinputs
 
 
-def _check_against_ref(x, weight, bias, residual, out_grads=None) -> None:
+def _check_against_ref(x, weight, bias, residual, out_grads=None, out_dtype=None) -> None:
     """Forward and backward of layer_norm vs the fp64 reference, both judged by the same-dtype torch error."""
     inputs = dict(x=x, weight=weight, bias=bias, residual=residual)
     if out_grads is None:
         out_grads = [torch.randn(x.shape, dtype=x.dtype, device=x.device) for _ in range(1 + (residual is not None))]
     exact_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
-    ours, dours = _run(lambda **kw: layer_norm(eps=EPS, **kw), inputs, out_grads)
-    same, dsame = _run(lambda **kw: layer_norm_ref(eps=EPS, **kw), inputs, out_grads)
+    ours, dours = _run(lambda **kw: layer_norm(eps=EPS, out_dtype=out_dtype, **kw), inputs, out_grads)
+    same, dsame = _run(lambda **kw: layer_norm_ref(eps=EPS, out_dtype=out_dtype, **kw), inputs, out_grads)
     exact, dexact = _run(lambda **kw: layer_norm_ref(eps=EPS, **kw), exact_inputs, out_grads)
-    atol = ATOL[x.dtype]
     for name, o, s, e in zip(("y", "s"), ours, same, exact, strict=False):
-        _assert_close(name, o, s, e, atol)
+        _assert_close(name, o, s, e)
     for name in dexact:
-        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name], atol)
+        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name])
     if residual is not None:
-        assert torch.equal(dours["x"], dours["residual"])
+        # One fp32 gradient, stored once in each input's dtype: equal once both are rounded to the narrower dtype.
+        dx, dresidual = dours["x"], dours["residual"]
+        narrow = min(dx.dtype, dresidual.dtype, key=lambda d: d.itemsize)
+        assert torch.equal(dx.to(narrow), dresidual.to(narrow))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -78,6 +83,29 @@ def test_no_bias_fp32_params_and_offset_input(device, dtype):
     x = 50 + torch.randn(2, 33, 96, dtype=dtype, device=device)
     weight = torch.randn(96, device=device)
     _check_against_ref(x, weight, None, None)
+
+
+F16, F32 = torch.float16, torch.float32
+
+
+@pytest.mark.parametrize(
+    "x_dtype, residual_dtype, out_dtype",
+    [
+        (F16, F32, None),  # a low-precision branch added to the fp32 residual stream: s, y fp32
+        (F32, F16, None),  # the reverse; still promotes to fp32
+        (F16, F32, F32),  # norm2 under CUDA autocast
+        (F16, None, F32),  # norm1 under CUDA autocast on a low-precision input
+        (F32, F32, F16),  # y narrower than s
+        pytest.param(torch.bfloat16, F32, F32, marks=pytest.mark.gpu),
+    ],
+)
+def test_mixed_dtypes(device, x_dtype, residual_dtype, out_dtype):
+    """fp32 parameters (as under autocast) with inputs and outputs in different dtypes."""
+    shape, C = (3, 37, 100), 100
+    x = torch.randn(shape, dtype=x_dtype, device=device)
+    residual = None if residual_dtype is None else torch.randn(shape, dtype=residual_dtype, device=device)
+    weight, bias = 1 + 0.5 * torch.randn(C, device=device), torch.randn(C, device=device)
+    _check_against_ref(x, weight, bias, residual, out_dtype=out_dtype)
 
 
 def test_non_contiguous_inputs_and_grads(device):
@@ -114,32 +142,40 @@ def test_zero_rows(device, shape):
     assert torch.equal(dweight, torch.zeros(64, device=device))
 
 
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_launchers_write_every_element(device, with_residual):
+@pytest.mark.parametrize(
+    "x_dtype, residual_dtype, y_dtype",
+    [(F32, None, F32), (F32, F32, F32), (F16, F32, F16)],  # the last: every output in a dtype other than its input's
+)
+def test_launchers_write_every_element(device, x_dtype, residual_dtype, y_dtype):
     """Outputs and partial sums prefilled with NaN; more programs than row tiles, so some programs get no rows."""
     M, C = 45, 130
-    x = torch.randn(M, C, device=device)
-    residual = torch.randn(M, C, device=device) if with_residual else None
+    x = torch.randn(M, C, device=device, dtype=x_dtype)
+    with_residual = residual_dtype is not None
+    residual = torch.randn(M, C, device=device, dtype=residual_dtype) if with_residual else None
     weight, bias = torch.randn(C, device=device), torch.randn(C, device=device)
-    nan = lambda *shape: torch.full(shape, float("nan"), device=device)
-    y, mean, rstd = nan(M, C), nan(M), nan(M)
-    s = nan(M, C) if with_residual else None
+    nan = lambda *shape, dtype=F32: torch.full(shape, float("nan"), device=device, dtype=dtype)
+    y, mean, rstd = nan(M, C, dtype=y_dtype), nan(M), nan(M)
+    s = nan(M, C, dtype=torch.promote_types(x_dtype, residual_dtype)) if with_residual else None
     launch_layer_norm_fwd(x, weight, bias, residual, EPS, y, s, mean, rstd)
     s_ref = x if residual is None else x + residual
-    torch.testing.assert_close(y, layer_norm_ref(s_ref, weight, bias, EPS))
+    torch.testing.assert_close(y, layer_norm_ref(s_ref, weight, bias, EPS, out_dtype=y_dtype))
     if with_residual:
         torch.testing.assert_close(s, s_ref)
-    torch.testing.assert_close(mean, s_ref.mean(-1))
-    torch.testing.assert_close(rstd, torch.rsqrt(s_ref.var(-1, unbiased=False) + EPS))
+    s32 = s_ref.float()
+    torch.testing.assert_close(mean, s32.mean(-1))
+    torch.testing.assert_close(rstd, torch.rsqrt(s32.var(-1, unbiased=False) + EPS))
 
-    dy = torch.randn(M, C, device=device)
+    dy = torch.randn(M, C, device=device, dtype=y_dtype)
+    xhat = (s32 - mean[:, None]) * rstd[:, None]
     for n_programs in (3, 64):
-        dx, dweight_partial, dbias_partial = nan(M, C), nan(n_programs, C), nan(n_programs, C)
-        launch_layer_norm_bwd(dy, None, s_ref, weight, mean, rstd, dx, dweight_partial, dbias_partial)
-        xhat = (s_ref - mean[:, None]) * rstd[:, None]
+        dx, dweight_partial, dbias_partial = nan(M, C, dtype=x_dtype), nan(n_programs, C), nan(n_programs, C)
+        dresidual = nan(M, C, dtype=residual_dtype) if with_residual and residual_dtype != x_dtype else None
+        launch_layer_norm_bwd(dy, None, s_ref, weight, mean, rstd, dx, dweight_partial, dbias_partial, dresidual)
         assert not dx.isnan().any()
-        torch.testing.assert_close(dweight_partial.sum(0), (dy * xhat).sum(0))
-        torch.testing.assert_close(dbias_partial.sum(0), dy.sum(0))
+        if dresidual is not None:
+            torch.testing.assert_close(dresidual.to(x_dtype), dx, atol=0, rtol=0)
+        torch.testing.assert_close(dweight_partial.sum(0), (dy.float() * xhat).sum(0))
+        torch.testing.assert_close(dbias_partial.sum(0), dy.float().sum(0))
 
 
 def test_errors(device):
@@ -151,8 +187,10 @@ def test_errors(device):
         layer_norm(x, weight, bias[:4])
     with pytest.raises(TypeError, match="x must have dtype in .*, got torch.int64"):
         layer_norm(x.long(), weight, bias)
-    with pytest.raises(TypeError, match="residual must have dtype torch.float32, got torch.float16"):
-        layer_norm(x, weight, bias, residual=x.half())
+    with pytest.raises(TypeError, match="residual must have dtype in .*, got torch.int32"):
+        layer_norm(x, weight, bias, residual=x.int())
+    with pytest.raises(TypeError, match="out_dtype must be None or one of .*, got torch.float64"):
+        layer_norm(x, weight, bias, out_dtype=torch.float64)
     with pytest.raises(TypeError, match="bias has dtype torch.float16 but weight has dtype torch.float32"):
         layer_norm(x, weight, bias.half())
     with pytest.raises(ValueError, match=r"residual must have the shape of x, \(4, 8\), got \(4, 4\)"):
@@ -160,8 +198,10 @@ def test_errors(device):
     with pytest.raises(ValueError, match="x must have at least one dim"):
         layer_norm(x[0, 0], weight[:1], bias[:1])
     y, mean, rstd = torch.empty_like(x), torch.empty(4, device=device), torch.empty(4, device=device)
-    with pytest.raises(TypeError, match="y must have dtype torch.float32, got torch.float16"):
-        launch_layer_norm_fwd(x, weight, bias, None, EPS, y.half(), None, mean, rstd)
+    with pytest.raises(TypeError, match="s must have dtype torch.float32, got torch.float16"):
+        launch_layer_norm_fwd(x, weight, bias, x.half(), EPS, y, y.half(), mean, rstd)
+    with pytest.raises(TypeError, match="y must have dtype in .*, got torch.float64"):
+        launch_layer_norm_fwd(x, weight, bias, None, EPS, y.double(), None, mean, rstd)
     with pytest.raises(ValueError, match="an output tensor s"):
         launch_layer_norm_fwd(x, weight, bias, x, EPS, y, None, mean, rstd)
     with pytest.raises(ValueError, match="y must have unit stride"):
@@ -180,12 +220,18 @@ def test_opcheck(device):
     residual = torch.randn(2, 5, 48, device=device, requires_grad=True)
     weight = torch.randn(48, device=device, requires_grad=True)
     bias = torch.randn(48, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastdeit.layer_norm_fwd.default, (x, weight, bias, residual, EPS))
-    torch.library.opcheck(torch.ops.fastdeit.layer_norm_fwd.default, (x, weight, None, None, EPS))
+    fwd = torch.ops.fastdeit.layer_norm_fwd.default
+    torch.library.opcheck(fwd, (x, weight, bias, residual, EPS, None))
+    torch.library.opcheck(fwd, (x, weight, None, None, EPS, None))
+    # Mixed dtypes: the fake impl must give s fp32 (promoted) and y in out_dtype; the backward a grad per dtype.
+    x16 = x.detach().half().requires_grad_()
+    torch.library.opcheck(fwd, (x16, weight, bias, residual, EPS, torch.float16))
     # The backward op has no autograd formula of its own (no double backward): plain tensors.
-    _y, s, mean, rstd = torch.ops.fastdeit.layer_norm_fwd(x, weight, bias, residual, EPS)
+    _y, s, mean, rstd = torch.ops.fastdeit.layer_norm_fwd(x, weight, bias, residual, EPS, None)
     dy, ds = torch.randn_like(s), torch.randn_like(s)
-    bwd_args = (dy, ds, s.detach(), weight.detach(), mean, rstd)
+    bwd_args = (dy, ds, s.detach(), weight.detach(), mean, rstd, torch.float32, None)
+    torch.library.opcheck(torch.ops.fastdeit.layer_norm_bwd.default, bwd_args)
+    bwd_args = (dy.half(), ds, s.detach(), weight.detach(), mean, rstd, torch.float16, torch.float32)
     torch.library.opcheck(torch.ops.fastdeit.layer_norm_bwd.default, bwd_args)
 
 
@@ -224,6 +270,6 @@ def test_deit_base_bf16(with_residual):
     fp32_inputs = {k: None if v is None else v.float() for k, v in inputs.items()}
     ref, dref = _run(lambda **kw: layer_norm_ref(eps=EPS, **kw), fp32_inputs, grads)
     for name, o, s, r in zip(("y", "s"), ours, same, ref, strict=False):
-        _assert_close(name, o, s, r, ATOL[torch.bfloat16])
+        _assert_close(name, o, s, r)
     for name in dref:
-        _assert_close(f"d{name}", dours[name], dsame[name], dref[name], ATOL[torch.bfloat16])
+        _assert_close(f"d{name}", dours[name], dsame[name], dref[name])

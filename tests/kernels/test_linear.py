@@ -1,7 +1,8 @@
 """Tests for kernels/linear.py: both forward paths against an fp64 reference, launchers, errors, registration.
 
 Pass rule for every output and gradient: the error of the op against the fp64 reference (`linear_ref` on upcast
-inputs) is at most twice the error of `linear_ref` run in the same dtype, plus a small atol. fp32 `tl.dot` is
+inputs) is at most twice the error of `linear_ref` run in the same dtypes, plus a small atol for the dtype the value is
+stored in (with a residual in another dtype, out and dresidual are not in the compute dtype). fp32 `tl.dot` is
 IEEE fp32 (no tf32) on the GPU and exact fp32 under the interpreter, so fp32 is held to the same rule.
 """
 
@@ -16,8 +17,9 @@ from fastdeit.kernels.linear import (
     linear_ref,
 )
 
-# The atol only matters where the same-dtype torch error is ~0; one unit in the last place at 1.0 for 16-bit
-# dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the summation order.
+# The atol, picked by the dtype of the checked tensor, only matters where the same-dtype torch error is ~0; one unit
+# in the last place at 1.0 for 16-bit dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the
+# summation order.
 ATOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 FLOAT_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
 
@@ -33,9 +35,10 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor, atol: float) -> None:
+def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor) -> None:
     assert ours.shape == exact.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(exact.shape)}"
     assert ours.dtype == same_dtype.dtype, f"{name}: dtype {ours.dtype} != {same_dtype.dtype}"
+    atol = ATOL[ours.dtype]
     ours_err, torch_err = _max_err(ours, exact), _max_err(same_dtype, exact)
     assert ours_err <= 2 * torch_err + atol, f"{name}: error {ours_err:.3g} vs torch's {torch_err:.3g} (atol {atol})"
 
@@ -54,15 +57,15 @@ def _check_against_ref(x, weight, bias, activation, residual, grad=None, referen
     """Forward and backward of linear vs the reference in reference_dtype, judged by the same-dtype torch error."""
     inputs = dict(x=x, weight=weight, bias=bias, activation=activation, residual=residual)
     if grad is None:
-        grad = torch.randn(*x.shape[:-1], weight.shape[0], dtype=x.dtype, device=x.device)
+        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        grad = torch.randn(*x.shape[:-1], weight.shape[0], dtype=out_dtype, device=x.device)
     exact_inputs = {k: v.to(reference_dtype) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     ours, dours = _run(linear, inputs, grad)
     same, dsame = _run(linear_ref, inputs, grad)
     exact, dexact = _run(linear_ref, exact_inputs, grad.to(reference_dtype))
-    atol = ATOL[x.dtype]
-    _assert_close("out", ours, same, exact, atol)
+    _assert_close("out", ours, same, exact)
     for name in dexact:
-        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name], atol)
+        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name])
 
 
 CASES = [
@@ -83,6 +86,28 @@ def test_matches_reference(device, path, dtype, x_shape, N, activation, with_res
     weight = torch.randn(N, K, dtype=dtype, device=device) / K**0.5
     bias = torch.randn(N, dtype=dtype, device=device) if with_bias else None
     residual = torch.randn(*x_shape[:-1], N, dtype=dtype, device=device) if with_residual else None
+    _check_against_ref(x, weight, bias, activation, residual)
+
+
+F16, F32 = torch.float16, torch.float32
+
+
+@pytest.mark.parametrize(
+    "dtype, residual_dtype, activation",
+    [
+        (F16, F32, "gelu"),  # an fp16 branch added to the fp32 residual stream (autocast): out fp32
+        (F16, F32, None),  # fc2 / proj under autocast
+        (F32, F16, None),  # the reverse promotes to fp32 too; dresidual is rounded to fp16
+        pytest.param(torch.bfloat16, F32, None, marks=pytest.mark.gpu),
+    ],
+)
+def test_mixed_dtype_residual(device, path, dtype, residual_dtype, activation):
+    x_shape, N = (2, 37, 48), 72
+    K = x_shape[-1]
+    x = torch.randn(x_shape, dtype=dtype, device=device)
+    weight = torch.randn(N, K, dtype=dtype, device=device) / K**0.5
+    bias = torch.randn(N, dtype=dtype, device=device)
+    residual = torch.randn(*x_shape[:-1], N, dtype=residual_dtype, device=device)
     _check_against_ref(x, weight, bias, activation, residual)
 
 
@@ -132,30 +157,34 @@ def test_zero_rows(device, path):
     assert dx.shape == x.shape and torch.equal(dweight, torch.zeros_like(weight))
 
 
-@pytest.mark.parametrize("activation", [None, "gelu"])
-def test_launchers_write_every_element(device, activation):
-    """Outputs prefilled with NaN; M and N are not multiples of any tile size."""
+@pytest.mark.parametrize("activation, dtype", [(None, F32), ("gelu", F32), ("gelu", F16)])
+def test_launchers_write_every_element(device, activation, dtype):
+    """Outputs prefilled with NaN; M and N are not multiples of any tile size. In fp16 the residual, out and dout are
+    fp32 (the autocast layout), while pre and dz stay in the compute dtype."""
     M, K, N = 70, 40, 100
-    x, weight = torch.randn(M, K, device=device), torch.randn(N, K, device=device)
-    bias, residual = torch.randn(N, device=device), torch.randn(M, N, device=device)
-    nan = lambda: torch.full((M, N), float("nan"), device=device)
+    x, weight = torch.randn(M, K, device=device, dtype=dtype), torch.randn(N, K, device=device, dtype=dtype)
+    bias, residual = torch.randn(N, device=device, dtype=dtype), torch.randn(M, N, device=device)
+    nan = lambda dtype: torch.full((M, N), float("nan"), device=device, dtype=dtype)
     pre_ref = torch.addmm(bias, x, weight.t())
     out_ref = linear_ref(x, weight, bias, activation, residual)
+    # fp16: ours adds the residual to the fp32 accumulator, torch to pre and GELU(pre) each rounded to fp16 (relative
+    # error up to 2 x 2^-11 ~ 1e-3); 2e-3 is twice that.
+    tol = {} if dtype == F32 else dict(atol=2e-3, rtol=2e-3)
 
-    out, pre = nan(), nan()
+    out, pre = nan(F32), nan(dtype)
     launch_linear_fwd(x, weight, bias, residual, activation, out, pre)
     torch.testing.assert_close(pre, pre_ref)
-    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(out, out_ref, **tol)
 
-    out = nan()
+    out = nan(F32)
     launch_linear_epilogue(pre_ref, residual, activation, out)
-    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(out, out_ref, **tol)
 
-    dout, dz = torch.randn(M, N, device=device), nan()
+    dout, dz = torch.randn(M, N, device=device), nan(dtype)
     launch_gelu_bwd(dout, pre_ref, dz)
-    pre_leaf = pre_ref.clone().requires_grad_()
+    pre_leaf = pre_ref.float().requires_grad_()
     (dz_ref,) = torch.autograd.grad(torch.nn.functional.gelu(pre_leaf), pre_leaf, dout)
-    torch.testing.assert_close(dz, dz_ref)
+    torch.testing.assert_close(dz, dz_ref.to(dtype))
 
 
 def test_errors(device):
@@ -181,8 +210,12 @@ def test_errors(device):
         launch_linear_fwd(x, weight, bias, None, None, torch.empty(6, 4, device=device).t(), None)
     with pytest.raises(ValueError, match="x is on meta"):
         launch_linear_fwd(x.to("meta"), weight, bias, None, None, out, None)
-    with pytest.raises(TypeError, match="dz has dtype torch.float16 but dout has dtype torch.float32"):
+    with pytest.raises(TypeError, match="dz must have dtype torch.float32, got torch.float16"):
         launch_gelu_bwd(out, out, out.half())
+    with pytest.raises(TypeError, match="out must have dtype torch.float32, got torch.float16"):
+        launch_linear_fwd(x.half(), weight.half(), None, out, None, out.half(), None)
+    with pytest.raises(TypeError, match="residual must have dtype in .*, got torch.int64"):
+        linear(x, weight, bias, residual=out.long())
     if device == "cuda":
         with pytest.raises(ValueError, match="weight (is on cpu|.*cpu but x is on cuda)"):
             linear(x, weight.cpu(), bias)
@@ -195,9 +228,13 @@ def test_opcheck(device):
     residual = torch.randn(2, 5, 24, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, bias, residual, "gelu", True))
     torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, None, None, None, False))
+    # Mixed dtypes: fp16 compute with an fp32 residual; the fake impl must give out fp32 and pre fp16.
+    half = [t.detach().half().requires_grad_() for t in (x, weight, bias)]
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (*half, residual, "gelu", True))
     # The GELU backward op has no autograd formula of its own (no double backward): plain tensors.
     dout, pre = torch.randn(2, 5, 24, device=device), torch.randn(2, 5, 24, device=device)
     torch.library.opcheck(torch.ops.fastdeit.linear_gelu_bwd.default, (dout, pre))
+    torch.library.opcheck(torch.ops.fastdeit.linear_gelu_bwd.default, (dout, pre.half()))
 
 
 def test_torch_compile_fullgraph(device):
