@@ -128,9 +128,11 @@ _HF_LAYER_RULES = [  # (Hub name, transformers>=5 name, timm name) inside one en
     ("layernorm_before", "layernorm_before", "norm1"),
     ("layernorm_after", "layernorm_after", "norm2"),
 ]
-_HF_QKV = [("attention.attention.query", "attention.q_proj"),
-           ("attention.attention.key", "attention.k_proj"),
-           ("attention.attention.value", "attention.v_proj")]  # fmt: skip
+_HF_QKV = [
+    ("attention.attention.query", "attention.q_proj"),
+    ("attention.attention.key", "attention.k_proj"),
+    ("attention.attention.value", "attention.v_proj"),
+]
 _HF_TOP = {
     "embeddings.cls_token": "cls_token",
     "embeddings.distillation_token": "dist_token",
@@ -282,8 +284,11 @@ def load_checkpoint(
             del sd[k]
         result.dropped_head = True
 
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in sd.items() if k in own and v.shape != own[k].shape]  # fmt: skip
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if mismatched:
         raise ValueError(
             f"checkpoint {str(path)!r} ({fmt}) does not fit the model: it looks like {_describe(sd)}, the model "

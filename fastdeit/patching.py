@@ -40,10 +40,17 @@ def _layer_norm(ln: nn.Module, backend: str, where: str) -> LayerNorm:
     return new
 
 
-def _attention(qkv: nn.Module, proj: nn.Linear, num_heads: int, attn_drop: float, proj_drop: float,
-               backend: str) -> Attention:  # fmt: skip
-    attn = Attention(proj.in_features, num_heads, qkv_bias=qkv.bias is not None, attn_drop=attn_drop,
-                     proj_drop=proj_drop, backend=backend)  # fmt: skip
+def _attention(
+    qkv: nn.Module, proj: nn.Linear, num_heads: int, attn_drop: float, proj_drop: float, backend: str
+) -> Attention:
+    attn = Attention(
+        proj.in_features,
+        num_heads,
+        qkv_bias=qkv.bias is not None,
+        attn_drop=attn_drop,
+        proj_drop=proj_drop,
+        backend=backend,
+    )
     attn.qkv, attn.proj = qkv, proj
     return attn
 
@@ -90,8 +97,11 @@ def _patch_timm(model: nn.Module, backend: str) -> None:
         where = f"blocks.{i}"
         attn, mlp = blk.attn, blk.mlp
         extras = [name for name in ("ls1", "ls2") if not isinstance(getattr(blk, name, nn.Identity()), nn.Identity)]
-        extras += [f"attn.{n}" for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(attn, n, nn.Identity()),
-                                                                                     nn.Identity)]  # fmt: skip
+        extras += [
+            f"attn.{n}"
+            for n in ("q_norm", "k_norm", "norm")
+            if not isinstance(getattr(attn, n, nn.Identity()), nn.Identity)
+        ]
         extras += ["attn.gate"] * (getattr(attn, "gate", None) is not None)
         extras += ["mlp.norm"] * (not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
         if type(blk).__name__ != "Block" or extras or not hasattr(attn, "qkv") or not hasattr(mlp, "fc1"):
@@ -102,12 +112,13 @@ def _patch_timm(model: nn.Module, backend: str) -> None:
         _check_gelu(mlp.act, f"{where}.mlp.act")
         model.blocks[i] = Block.from_modules(
             _layer_norm(blk.norm1, backend, f"{where}.norm1"),
-            _attention(attn.qkv, attn.proj, attn.num_heads, _dropout_p(attn.attn_drop), _dropout_p(attn.proj_drop),
-                       backend),
+            _attention(
+                attn.qkv, attn.proj, attn.num_heads, _dropout_p(attn.attn_drop), _dropout_p(attn.proj_drop), backend
+            ),
             _layer_norm(blk.norm2, backend, f"{where}.norm2"),
             _mlp(mlp.fc1, mlp.fc2, _dropout_p(mlp.drop1), _dropout_p(mlp.drop2), backend),
             drop_path=_drop_prob(blk.drop_path1),
-        )  # fmt: skip
+        )
     if isinstance(model.norm, nn.LayerNorm):
         model.norm = _layer_norm(model.norm, backend, "norm")
 
@@ -161,7 +172,5 @@ def patch(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     ):
         _patch_hf(getattr(model, "deit", None) or model.vit, backend)
     else:
-        raise TypeError(
-            f"fastdeit.patch does not know {module}.{name}; supported models: " + "; ".join(SUPPORTED)
-        )
+        raise TypeError(f"fastdeit.patch does not know {module}.{name}; supported models: " + "; ".join(SUPPORTED))
     return model

@@ -80,16 +80,33 @@ def test_safetensors_and_save_pretrained(tmp_path, src):
     assert rebuilt.embed_dim == 64 and rebuilt.num_classes == 10
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt.eval()(x), src.eval()(x))
-    via_create = fastdeit.create_model("deit_tiny_distilled_patch16_224", checkpoint=out, backend="torch",
-                                       img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2,
-                                       num_classes=10)  # fmt: skip
+    via_create = fastdeit.create_model(
+        "deit_tiny_distilled_patch16_224",
+        checkpoint=out,
+        backend="torch",
+        img_size=32,
+        patch_size=8,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+    )
     _assert_same_weights(src, via_create)
 
 
 def _hf_config(distilled: bool, **kw):
     cls = transformers.DeiTConfig if distilled else transformers.ViTConfig
-    return cls(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, image_size=32,
-               patch_size=8, num_labels=10, layer_norm_eps=1e-6, **kw)  # fmt: skip
+    return cls(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+        layer_norm_eps=1e-6,
+        **kw,
+    )
 
 
 def test_hf_hub_files_load(tmp_path):
@@ -145,9 +162,13 @@ def test_pos_embed_resampled_on_load(tmp_path, src):
     result = fastdeit.load_checkpoint(big, tmp_path / "c.pth")
     assert result.resampled_pos_embed == ((1, 18, 64), (1, 38, 64))
     torch.testing.assert_close(big.pos_embed[:, :2], src.pos_embed[:, :2])  # cls and dist kept
-    expected = torch.nn.functional.interpolate(
-        src.pos_embed[:, 2:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2), size=(6, 6), mode="bicubic"
-    ).permute(0, 2, 3, 1).reshape(1, 36, 64)
+    expected = (
+        torch.nn.functional.interpolate(
+            src.pos_embed[:, 2:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2), size=(6, 6), mode="bicubic"
+        )
+        .permute(0, 2, 3, 1)
+        .reshape(1, 36, 64)
+    )
     torch.testing.assert_close(big.pos_embed[:, 2:], expected)
     assert big.eval()(torch.randn(1, 3, 48, 48)).shape == (1, 10)
     # Resampling to the same grid is the identity; a dynamic-size model resamples on the fly the same way.
@@ -174,7 +195,10 @@ def test_other_architecture_is_a_clear_error(tmp_path, src):
     torch.save(src.state_dict(), tmp_path / "c.pth")
     with pytest.raises(ValueError, match=r"another architecture \(embed_dim=64, depth=2, distilled=True"):
         fastdeit.load_checkpoint(small_model(distilled=False, embed_dim=32), tmp_path / "c.pth")
-    with pytest.raises(ValueError, match=r"does not fit the model.*\n  blocks.0.mlp.fc1.weight: checkpoint \(256, 64\) vs model \(128, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit the model.*\n  blocks.0.mlp.fc1.weight: checkpoint \(256, 64\) vs model \(128, 64\)",
+    ):
         fastdeit.load_checkpoint(small_model(distilled=True, mlp_ratio=2.0), tmp_path / "c.pth")
     with pytest.raises(ValueError, match=r"missing keys: \[.*blocks.2.attn.proj.bias"):
         fastdeit.load_checkpoint(small_model(distilled=True, depth=3), tmp_path / "c.pth")

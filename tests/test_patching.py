@@ -22,9 +22,19 @@ ATOL = 1e-4 if DEVICE == "cpu" else 2e-2
 
 def _hf(distilled: bool):
     cfg_cls = transformers.DeiTConfig if distilled else transformers.ViTConfig
-    model_cls = transformers.DeiTForImageClassificationWithTeacher if distilled else transformers.ViTForImageClassification
-    cfg = cfg_cls(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32,
-                  patch_size=8, num_labels=10, layer_norm_eps=1e-6)  # fmt: skip
+    model_cls = (
+        transformers.DeiTForImageClassificationWithTeacher if distilled else transformers.ViTForImageClassification
+    )
+    cfg = cfg_cls(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+        layer_norm_eps=1e-6,
+    )
     return model_cls(cfg).eval().to(DEVICE)
 
 
@@ -71,8 +81,15 @@ def test_patch_unknown_model_is_a_clear_error():
 
 
 def test_patch_rejects_approximate_gelu():
-    cfg = transformers.DeiTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
-                                  image_size=32, patch_size=8, hidden_act="gelu_new")  # fmt: skip
+    cfg = transformers.DeiTConfig(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=32,
+        patch_size=8,
+        hidden_act="gelu_new",
+    )
     with pytest.raises(TypeError, match="hidden_act must be 'gelu'"):
         fastdeit.patch(transformers.DeiTModel(cfg))
 
@@ -135,8 +152,12 @@ class _TimmViT(nn.Module):
         return self.head(self.norm(self.blocks(x))[:, 0])
 
 
-for _cls, _name in ((_TimmAttention, "Attention"), (_TimmMlp, "Mlp"), (_TimmBlock, "Block"),
-                    (_TimmViT, "VisionTransformer")):  # fmt: skip
+for _cls, _name in (
+    (_TimmAttention, "Attention"),
+    (_TimmMlp, "Mlp"),
+    (_TimmBlock, "Block"),
+    (_TimmViT, "VisionTransformer"),
+):
     _cls.__name__ = _cls.__qualname__ = _name
     _cls.__module__ = "timm.models.vision_transformer"
 

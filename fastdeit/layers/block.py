@@ -41,12 +41,13 @@ class Block(nn.Module):
             raise ValueError("init_values (LayerScale) is not used by DeiT and is not supported")
         self._assemble(
             norm_layer(dim),
-            attn_layer(dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop,
-                       proj_drop=proj_drop),
+            attn_layer(
+                dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop, proj_drop=proj_drop
+            ),
             norm_layer(dim),
             mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop),
             drop_path,
-        )  # fmt: skip
+        )
 
     def _assemble(self, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module, drop_path: float) -> None:
         self.norm1 = norm1
@@ -58,8 +59,9 @@ class Block(nn.Module):
         self.fused = all(isinstance(m, (LayerNorm, Attention, Mlp)) for m in (self.norm2, self.attn, self.mlp))
 
     @classmethod
-    def from_modules(cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module,
-                     drop_path: float = 0.0) -> Block:  # fmt: skip
+    def from_modules(
+        cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module, drop_path: float = 0.0
+    ) -> Block:
         """A block around existing modules (used by `fastdeit.patch` to wrap another model's layers)."""
         block = cls.__new__(cls)
         nn.Module.__init__(block)

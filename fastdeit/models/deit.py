@@ -75,16 +75,27 @@ class VisionTransformer(nn.Module):
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate,
-                      attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer, attn_layer=attn_layer,
-                      mlp_layer=mlp_layer)  # fmt: skip
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[i],
+                    norm_layer=norm_layer,
+                    attn_layer=attn_layer,
+                    mlp_layer=mlp_layer,
+                )
                 for i in range(depth)
             ]
         )
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+        self.head_dist = (
+            (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -187,4 +198,3 @@ class VisionTransformer(nn.Module):
         per_block = n * c * 3 * c + 2 * n * n * c + n * c * c + 2 * n * c * hidden
         head = self.num_prefix_tokens * c * self.num_classes  # one head per prefix token
         return 2.0 * (patch + len(self.blocks) * per_block + head)
-

@@ -27,9 +27,23 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 
 # Constructor arguments a caller may override through create_model(**kwargs).
 _OVERRIDABLE = {
-    "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "drop_rate",
-    "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "dynamic_img_size", "norm_layer", "attn_layer", "mlp_layer",
-}  # fmt: skip
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "drop_rate",
+    "pos_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "dynamic_img_size",
+    "norm_layer",
+    "attn_layer",
+    "mlp_layer",
+}
 
 
 def list_models() -> list[str]:
