@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 
 import torch
+import triton
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Keep tuned configs in Triton's on-disk cache, so a new process does not re-run the tuning sweeps
+# (`cache_results` exists in the triton versions we support; checked so an older one still imports).
+AUTOTUNE_KWARGS = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
 
 def is_interpreter() -> bool:

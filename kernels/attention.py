@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import check_same, check_tensor, is_interpreter
+from ._utils import AUTOTUNE_KWARGS, check_same, check_tensor, is_interpreter
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = math.log2(math.e)
@@ -152,7 +152,7 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["seq_len", "HEAD_DIM"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr,
@@ -324,7 +324,7 @@ def _bwd_dq_tile(
     return dq
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["seq_len", "HEAD_DIM"])
+@triton.autotune(configs=_BWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
 @triton.jit
 def _attn_bwd_kernel(
     q_ptr,

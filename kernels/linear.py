@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import check_matrix, check_same, check_tensor, is_interpreter
+from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, is_interpreter
 
 _OP = "linear"
 ACTIVATIONS = (None, "gelu")
@@ -72,7 +72,7 @@ def _gelu_grad(z):
     return cdf + z * pdf
 
 
-@triton.autotune(configs=_MATMUL_CONFIGS, key=["N", "K"])
+@triton.autotune(configs=_MATMUL_CONFIGS, key=["N", "K", "M_BUCKET"], **AUTOTUNE_KWARGS)
 @triton.jit
 def _linear_kernel(
     x_ptr,
@@ -91,6 +91,7 @@ def _linear_kernel(
     stride_residual_m,
     stride_out_m,
     stride_pre_m,
+    M_BUCKET,  # autotune key only (see _m_bucket)
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
@@ -263,12 +264,26 @@ def launch_linear_fwd(
         0 if residual is None else residual.stride(0),
         out.stride(0),
         0 if pre is None else pre.stride(0),
+        _m_bucket(M),
         HAS_BIAS=bias is not None,
         ACTIVATION=activation or "none",
         HAS_RESIDUAL=residual is not None,
         SAVE_PRE=pre is not None,
         IEEE_FP32=x.dtype == torch.float32,
     )
+
+
+def _m_bucket(M: int) -> int:
+    """The row count's tuning bucket: powers of 4 from 1024 to 65536 rows.
+
+    M = batch * tokens changes with every batch size; keying the autotuner on M itself would re-tune each
+    time, and ignoring it would keep the tiles picked for the first (maybe tiny) batch. Five buckets cover
+    batch 1 to 512+ of DeiT (197 tokens: M = 197 ... 100k) with at most five tuning runs per weight shape.
+    """
+    bucket = 1024
+    while bucket < M and bucket < 65536:
+        bucket *= 4
+    return bucket
 
 
 def launch_linear_epilogue(

@@ -276,3 +276,12 @@ def test_deit_base_fc2_residual_bf16():
     bias = torch.randn(N, dtype=torch.bfloat16, device=device)
     residual = torch.randn(M, N, dtype=torch.bfloat16, device=device)
     _check_against_ref(x, weight, bias, None, residual, reference_dtype=torch.float32)
+
+
+def test_autotune_row_buckets():
+    """The autotuner re-tunes per bucket of rows (batch * tokens), not per batch size."""
+    from fastdeit.kernels.linear import _m_bucket
+
+    assert [_m_bucket(m) for m in (1, 197, 1024, 1025, 197 * 64, 197 * 256, 197 * 1024)] == [
+        1024, 1024, 1024, 4096, 16384, 65536, 65536,
+    ]  # fmt: skip
