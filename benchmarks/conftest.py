@@ -5,21 +5,9 @@ imported: so here, first thing (as tests/conftest.py does). `--bench-csv PATH` a
 fastdeit results CSV (pytest-benchmark keeps its own JSON with --benchmark-json / --benchmark-autosave).
 """
 
-import os
-import shutil
-import subprocess
+from fastdeit._env import interpret_triton_without_gpu
 
-
-def _has_cuda_gpu() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return False
-    if shutil.which("nvidia-smi") is None:
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
-
-
-if not _has_cuda_gpu():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+interpret_triton_without_gpu()
 
 import pytest  # noqa: E402
 
