@@ -4,10 +4,10 @@ Method:
 - Inference: forward under `torch.inference_mode()`. Training: forward, DeiT's loss (cross-entropy, and for a
   distilled model the mean of the class-token and distillation-token losses, the latter against the teacher's
   argmax when `teacher` is set), backward, AdamW step (fused kernel where torch has one), gradients set to None.
-- Precision: the whole model is cast (`model.to(dtype)`), identically for every provider; bf16 on the GPU by
-  default. Not autocast: fastdeit's fused ops take one dtype for activations and weights, and casting gives every
-  provider the same matmul precision. Training therefore updates bf16 weights; the AMP recipe (fp32 master
-  weights) would add an fp32 optimizer step, the same for every provider.
+- Precision, identical for every provider; bf16 on the GPU by default. Inference: the whole model is cast
+  (`model.to(dtype)`), as a deployment would. Training: mixed precision as in the DeiT recipe and timm's AMP,
+  fp32 weights and optimizer, forward and loss under `torch.autocast(dtype)` (fp32 runs without autocast).
+  No gradient scaler: it costs the same for every provider, and fp16 overflow does not change the timing.
 - Batch: the largest that fits (`batch_size.find_max_batch`, up to `max_batch`, cached), or the one given.
   The CPU has no out-of-memory signal worth probing: a small fixed batch (8) there.
 - Timing: `warmup` calls (the first also autotunes or compiles), then `repeats` runs of back-to-back steps timed
@@ -253,7 +253,8 @@ class StepRunner:
 
     def _images(self, batch: int) -> torch.Tensor:
         size = (batch, 3, self.spec.img_size, self.spec.img_size)
-        return torch.randn(size, device=self.spec.device, dtype=self.spec.dtype)
+        dtype = self.spec.dtype if self.spec.mode == "inference" else torch.float32
+        return torch.randn(size, device=self.spec.device, dtype=dtype)
 
     def step(self, batch: int) -> Callable[[], None]:
         x = self._images(batch)
@@ -269,13 +270,17 @@ class StepRunner:
 
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=self.spec.device)
         model, optimizer, teacher = self.model, self.optimizer, self.teacher
+        amp = self.spec.dtype != torch.float32
+        device_type = self.spec.device.type
 
         def train() -> None:
-            teacher_labels = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_labels = teacher(x).argmax(dim=-1)
-            _loss(model(x), labels, teacher_labels).backward()
+            with torch.autocast(device_type, dtype=self.spec.dtype, enabled=amp):
+                teacher_labels = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_labels = teacher(x).argmax(dim=-1)
+                loss = _loss(model(x), labels, teacher_labels)
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

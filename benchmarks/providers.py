@@ -214,8 +214,9 @@ def build_model(provider: Provider, spec: BuildSpec) -> LogitsAdapter:
     """The provider's model for `spec`, on the device, in the dtype, in train or eval mode, compiled if asked."""
     with build_context(spec.device):
         model = provider.build(spec)
-    model = model.to(device=spec.device, dtype=spec.dtype)
     training = spec.mode == "training"
+    # Training is mixed precision as in the DeiT recipe and timm's AMP: fp32 weights, autocast in the step.
+    model = model.to(device=spec.device, dtype=torch.float32 if training else spec.dtype)
     if training and model_config(spec.name)["distilled"] and hasattr(model, "set_distilled_training"):
         model.set_distilled_training(True)  # fastdeit and timm return (cls, dist) logits only when asked
     if provider.compile:
