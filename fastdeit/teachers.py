@@ -1,0 +1,195 @@
+"""Loading the teacher of DeiT's distillation, frozen, from wherever it comes from.
+
+    teacher = load_teacher(path="runs/teacher", num_classes=10, img_size=32, batch_size=64, device="cpu")
+
+Sources (`model` names the architecture; empty means "read it from `path`"):
+- a fastdeit training checkpoint (train.py's `ckpt_<step>.pt`, or the output folder: its latest one) of a
+  DeiT or of a convnet (fastdeit.models.convnet): rebuilt from the checkpoint's model_name/model_config;
+- a TorchScript file (`torch.jit.save`) or a `torch.export` program (`.pt2`, exported in eval mode);
+- `model` = a fastdeit model name (DeiT or convnet) with weights in `path` (any format fastdeit reads);
+- `model` = a timm model name (DeiT's teacher is `regnety_160`) with weights in `path`, when timm is
+  installed (the official DeiT repository's `regnety_160-a5fe301d.pth` holds {"model": state dict}).
+
+The returned FrozenTeacher is in eval mode (and stays there), has no trainable parameters, and feeds its
+inputs channels_last (the fast layout for convolutions under autocast). Before training, one forward
+on a dummy batch checks that it returns (batch, num_classes) logits: a teacher trained on another label
+set (ImageNet-1k's 1000 classes for a 10-class dataset) is an error, not a silent mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastdeit.models import list_models
+from fastdeit.models.convnet import is_convnet
+from fastdeit.training.checkpoints import latest_checkpoint
+
+
+class FrozenTeacher(nn.Module):
+    """Wraps a teacher: eval mode whatever `train()` says, no gradients, channels_last inputs.
+
+    forward: images (B, C, H, W) -> logits (B, num_classes).
+    """
+
+    def __init__(self, module: nn.Module, description: str, channels_last: bool = True) -> None:
+        super().__init__()
+        self.module = module
+        self.description = description
+        self.channels_last = channels_last
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        # A torch.export GraphModule refuses train()/eval(): it keeps the mode it was exported in.
+        if not isinstance(self.module, torch.fx.GraphModule):
+            self.module.train(False)
+        self.training = False
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.module(images)
+
+
+def _archive_kind(path: Path) -> str:
+    """What wrote the zip archive at `path`: "export", "torchscript" or "torch_save" (all three write zips)."""
+    if not zipfile.is_zipfile(path):
+        return "torch_save"  # legacy pickles and other files: torch.load reports what is wrong
+    names = zipfile.ZipFile(path).namelist()
+    if any(n.endswith("/archive_format") for n in names):
+        return "export"
+    if any("/code/" in n for n in names):
+        return "torchscript"
+    return "torch_save"
+
+
+def _from_training_checkpoint(path: Path, img_size: int) -> tuple[nn.Module, str]:
+    from fastdeit.training.models import build_model, load_finetune_weights
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"teacher_path {str(path)!r} could not be read as a torch checkpoint: {e}") from e
+    if not (isinstance(ckpt, dict) and "model" in ckpt and "model_name" in ckpt):
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"teacher_path {str(path)!r} holds weights without an architecture (top-level: {keys}): it is not a "
+            "fastdeit training checkpoint; name the architecture with --teacher-model (a fastdeit model or a timm "
+            "name such as regnety_160)"
+        )
+    config = dict(ckpt.get("model_config") or {})
+    config.pop("img_size", None)  # a DeiT teacher gets the student's input size, its pos_embed resampled on load
+    model = build_model(ckpt["model_name"], img_size=img_size, backend="auto", **config)
+    load_finetune_weights(model, path, allow_new_head=False)
+    return model, f"{ckpt['model_name']} from fastdeit checkpoint {path}"
+
+
+def _from_timm(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]:
+    try:
+        import timm
+    except ImportError as e:
+        raise ImportError(
+            f"teacher_model {name!r} is not a fastdeit model ({', '.join(list_models())}, convnet_*); "
+            "timm teachers need timm installed (pip install timm)"
+        ) from e
+    if not timm.is_model(name):
+        raise ValueError(f"teacher_model {name!r} is neither a fastdeit model nor a timm model")
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"teacher weights {str(path)!r} do not fit timm's {name} with num_classes={num_classes} (the dataset's "
+            f"class count); a teacher must be trained on the student's classes: {e}"
+        ) from e
+    return model, f"timm {name} from {path}"
+
+
+def load_teacher(
+    path: str | os.PathLike = "",
+    model: str = "",
+    *,
+    num_classes: int,
+    img_size: int,
+    batch_size: int,
+    device: str | torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> FrozenTeacher:
+    """The frozen teacher described by `path` and `model` (see the module docstring), on `device`, checked to
+    predict `num_classes` classes on a (batch_size, 3, img_size, img_size) batch under `autocast`."""
+    device = torch.device(device)
+    if not path:
+        raise ValueError(f"a teacher needs weights: pass teacher_path (teacher_model={model!r} alone is untrained)")
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise FileNotFoundError(f"teacher_path not found: {str(file)!r}")
+    if file.is_dir():
+        found = latest_checkpoint(file)
+        if found is None:
+            raise FileNotFoundError(f"teacher_path {str(file)!r} is a folder without ckpt_<step>.pt checkpoints")
+        file = found
+
+    if model and (model in list_models() or is_convnet(model)):
+        from fastdeit.training.models import build_model, load_finetune_weights
+
+        module = build_model(model, num_classes=num_classes, img_size=img_size, backend="auto")
+        load_finetune_weights(module, file, allow_new_head=False)
+        description = f"{model} from {file}"
+    elif model:
+        module, description = _from_timm(model, file, num_classes)
+    else:
+        kind = _archive_kind(file)
+        if kind == "export":
+            module, description = torch.export.load(str(file)).module(), f"torch.export program {file}"
+        elif kind == "torchscript":
+            module, description = torch.jit.load(str(file), map_location="cpu"), f"TorchScript module {file}"
+        else:
+            module, description = _from_training_checkpoint(file, img_size)
+
+    module = module.to(device)
+    if not isinstance(module, torch.jit.ScriptModule):
+        module = module.to(memory_format=torch.channels_last)
+    teacher = FrozenTeacher(module, description)
+    check_teacher(
+        teacher, num_classes=num_classes, img_size=img_size, batch_size=batch_size, device=device, autocast=autocast
+    )
+    return teacher
+
+
+def check_teacher(
+    teacher: nn.Module,
+    *,
+    num_classes: int,
+    img_size: int,
+    batch_size: int,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> None:
+    """One forward on zeros (batch_size, 3, img_size, img_size): the teacher must return (batch_size, num_classes)."""
+    x = torch.zeros(batch_size, 3, img_size, img_size, device=device)
+    description = getattr(teacher, "description", type(teacher).__name__)
+    try:
+        with torch.no_grad(), autocast or contextlib.nullcontext():
+            out = teacher(x)
+    except Exception as e:
+        raise ValueError(f"the teacher ({description}) failed on a {tuple(x.shape)} batch: {e}") from e
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the teacher ({description}) must return a logits tensor, got {type(out).__name__}")
+    if tuple(out.shape) != (batch_size, num_classes):
+        raise ValueError(
+            f"the teacher ({description}) returns logits of shape {tuple(out.shape)} for a {tuple(x.shape)} batch, "
+            f"expected ({batch_size}, {num_classes}): it must predict the dataset's {num_classes} classes"
+        )

@@ -1,0 +1,128 @@
+"""Training checkpoints: atomic writes, the last K kept, finding the latest, and the RNG states that make a
+resumed run repeat the uninterrupted one.
+
+A checkpoint is `ckpt_<step>.pt` in the output folder, written to a temporary file, fsynced and renamed,
+so a kill at any moment leaves the previous checkpoints intact. It holds only tensors and plain Python
+types (`torch.load(weights_only=True)` reads it): model, model_ema, optimizer, scaler, scheduler, step,
+epoch, epoch_step, rng (one entry per rank), config, model_name, model_config, class_names, metrics.
+The RNG entry of a rank holds torch's CPU (and CUDA) generator state, which drives drop path, and the
+mixup and random-erasing generators. Python's and NumPy's global generators are not saved: nothing in
+training draws from them (the data pipeline derives its own from (seed, epoch, rank, step)).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastdeit.io import atomic_torch_save
+
+_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN/inf: training stops, and no checkpoint is written with them."""
+
+
+def all_finite(module: nn.Module) -> bool:
+    """Whether every parameter and buffer of `module` is finite (checked before each checkpoint is written)."""
+    flags = [t.isfinite().all() for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The training checkpoints in `directory`, oldest (lowest step) first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+class CheckpointManager:
+    """Writes checkpoints into `directory` and deletes all but the newest `keep_last`."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        path = atomic_torch_save(state, self.directory / checkpoint_name(step))
+        # Only once the new file is complete do older ones go: a crash never leaves fewer than keep_last.
+        for old in list_checkpoints(self.directory)[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.directory)
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint `--resume` names: a file, a folder's latest, or with "auto" the output folder's latest
+    (None when it has none yet: the run starts fresh)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"resume: folder {str(path)!r} holds no ckpt_<step>.pt checkpoint")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: checkpoint not found: {str(path)!r}")
+    return path
+
+
+_REQUIRED = ("model", "optimizer", "step", "epoch", "epoch_step", "config")
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by train.py (on the CPU), checking that it holds a full training state."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read training checkpoint {str(path)!r}: {e}") from e
+    missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} is not a fastdeit training checkpoint (missing {missing}); to start from its weights "
+            "use --finetune instead of --resume"
+        )
+    return ckpt
+
+
+def capture_rng(generators: dict[str, torch.Generator], device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state as tensors: torch's CPU (and current CUDA) generator and `generators`."""
+    state = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    for name, gen in generators.items():
+        state[name] = gen.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, torch.Tensor], generators: dict[str, torch.Generator], device: torch.device) -> None:
+    """Undo `capture_rng`."""
+    torch.set_rng_state(state["torch_cpu"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+    for name, gen in generators.items():
+        gen.set_state(state[name])

@@ -1,0 +1,344 @@
+"""The training configuration: one typed dataclass whose defaults are the DeiT recipe (the official repository's
+main.py), filled from YAML/JSON files and `--key value` arguments.
+
+    config = parse_config(["--config", "train/configs/deit_small.yaml", "--lr", "1e-3", "--eval-only"])
+
+Precedence: dataclass defaults < each `--config` file in order < command-line arguments. Keys may be
+written with dashes or underscores. Unknown keys, values of the wrong type and values out of range raise
+ConfigError naming the key, what was expected and what was given, before anything is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastdeit.losses import DISTILLATION_TYPES
+
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+OPTIMIZERS = ("adamw", "apex_fused_adam")
+DATA_BACKENDS = ("auto", "dali", "pil")
+MODEL_BACKENDS = ("auto", "triton", "torch")
+
+
+class ConfigError(ValueError):
+    """A configuration a user gave is invalid (unknown key, wrong type, value out of range, missing file)."""
+
+
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Report a ValueError raised inside as a ConfigError about `what`: the user's input is wrong, not the code."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from e
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of train/train.py. Defaults are DeiT's (official main.py); `--help` lists them with their help."""
+
+    # --- data
+    data: str = _opt("", "ImageFolder root (with train/ and val/), 'digits' or 'synthetic' (required)")
+    data_backend: str = _opt("auto", "image loader: auto (DALI if importable, else PIL), dali or pil")
+    data_threads: int | None = _opt(None, "decoding threads per process (default: CPU count, at most 8)")
+    img_size: int = _opt(224, "training and eval input size")
+    crop_pct: float = _opt(0.875, "eval: resize the shorter side to img_size / crop_pct, then center crop")
+    # --- model
+    model: str = _opt("deit_base_patch16_224", "fastdeit model name (DeiT, or a convnet such as convnet_small)")
+    backend: str = _opt("auto", "DeiT layers: auto (Triton on CUDA, PyTorch elsewhere), triton or torch")
+    patch_size: int | None = _opt(None, "architecture override (default: the model's)")
+    embed_dim: int | None = _opt(None, "architecture override (default: the model's)")
+    depth: int | None = _opt(None, "architecture override (default: the model's)")
+    num_heads: int | None = _opt(None, "architecture override (default: the model's)")
+    mlp_ratio: float | None = _opt(None, "architecture override (default: the model's)")
+    drop_path: float = _opt(0.1, "stochastic depth rate of the last block")
+    grad_checkpointing: bool = _opt(False, "recompute blocks in backward to save memory")
+    compile: bool = _opt(False, "torch.compile the model")
+    # --- optimization
+    epochs: int = _opt(300, "training epochs")
+    batch_size: int = _opt(64, "images per step per process (the global batch is batch_size x world size)")
+    eval_batch_size: int | None = _opt(None, "eval images per step per process (default 1.5 x batch_size)")
+    opt: str = _opt("adamw", "adamw (torch, fused on CUDA) or apex_fused_adam (NVIDIA apex, AdamW mode)")
+    lr: float = _opt(5e-4, "peak learning rate for a global batch of 512; scaled by global batch / 512")
+    opt_eps: float = _opt(1e-8, "AdamW epsilon")
+    opt_betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to norms, biases, tokens, pos-embed)")
+    clip_grad: float | None = _opt(None, "clip the gradient norm to this value (off by default, as DeiT)")
+    warmup_epochs: float = _opt(5.0, "linear warmup from warmup_lr to the peak lr")
+    warmup_lr: float = _opt(1e-6, "learning rate at step 0")
+    min_lr: float = _opt(1e-5, "learning rate the cosine decays to at the last step")
+    amp: str = _opt("auto", "autocast: auto (bf16 on CUDA, none on CPU), bf16, fp16 (with a GradScaler) or none")
+    # --- augmentation and regularization
+    smoothing: float = _opt(0.1, "label smoothing")
+    mixup: float = _opt(0.8, "mixup alpha (0 = off)")
+    cutmix: float = _opt(1.0, "cutmix alpha (0 = off)")
+    mixup_prob: float = _opt(1.0, "probability that a batch is mixed")
+    mixup_switch_prob: float = _opt(0.5, "probability of cutmix rather than mixup when both are on")
+    reprob: float = _opt(0.25, "random erasing probability per image")
+    rand_augment: str = _opt("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax), or 'none'")
+    repeated_aug: int = _opt(3, "repeated augmentation count, applied under DDP only (as DeiT)")
+    # --- EMA of the weights
+    model_ema: bool = _opt(True, "keep an EMA of the weights and evaluate it too")
+    model_ema_decay: float = _opt(0.99996, "EMA decay per step")
+    # --- distillation
+    distillation_type: str = _opt("none", "none, soft or hard")
+    distillation_alpha: float = _opt(0.5, "weight of the distillation term")
+    distillation_tau: float = _opt(1.0, "soft distillation temperature")
+    teacher_model: str = _opt(
+        "", "teacher architecture: a timm name (regnety_160) or a fastdeit model; empty: read from teacher_path"
+    )
+    teacher_path: str = _opt("", "teacher weights or model file, or a training output folder (its latest checkpoint)")
+    # --- fine-tuning, resuming, evaluation
+    finetune: str = _opt(
+        "", "initial weights (any format fastdeit reads): pos-embed resampled, head replaced if the class count differs"
+    )
+    resume: str = _opt("", "training checkpoint to continue from, or 'auto' (the latest in output_dir, if any)")
+    eval_only: bool = _opt(False, "evaluate the --resume or --finetune weights and exit")
+    eval_interval: int = _opt(1, "evaluate every this many epochs (and after the last)")
+    # --- checkpoints and logs
+    output_dir: str = _opt("runs/train", "checkpoints, metrics.jsonl, config.json and TensorBoard logs")
+    ckpt_interval: int = _opt(0, "also save a checkpoint every this many steps (0: at epoch ends only)")
+    keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
+    log_interval: int = _opt(50, "steps between train metrics (loss, lr, img/s) and non-finite loss checks")
+    progress: bool = _opt(True, "show a progress bar (else one line per log interval)")
+    tensorboard: bool = _opt(True, "write TensorBoard logs when tensorboard is installed")
+    seed: int = _opt(0, "seed of the model init, data order, augmentations and drop path")
+    device: str = _opt("auto", "auto (cuda when present), cuda or cpu")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (tuples as lists): what checkpoints and config.json store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def check(self) -> TrainConfig:
+        """Raise ConfigError on the first invalid value; return self."""
+        from fastdeit.models import list_models
+        from fastdeit.models.convnet import is_convnet, list_convnets
+
+        def fail(key: str, expected: str) -> typing.NoReturn:
+            raise ConfigError(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+
+        if not self.data:
+            fail("data", "an ImageFolder path, 'digits' or 'synthetic' (--data is required)")
+        if self.data not in ("digits", "synthetic") and not Path(self.data).expanduser().is_dir():
+            raise ConfigError(
+                f"data: {self.data!r} is not a directory; expected an ImageFolder root (root/train/<class>/..., "
+                "root/val/<class>/...), 'digits' or 'synthetic'"
+            )
+        choices = {
+            "data_backend": DATA_BACKENDS,
+            "backend": MODEL_BACKENDS,
+            "opt": OPTIMIZERS,
+            "amp": AMP_MODES,
+            "distillation_type": DISTILLATION_TYPES,
+            "device": ("auto", "cuda", "cpu"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                fail(key, f"one of {', '.join(allowed)}")
+        if self.model not in list_models() and not is_convnet(self.model):
+            known = list_models() + list_convnets()
+            close = difflib.get_close_matches(self.model, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"model: unknown model {self.model!r}{hint} Available: {', '.join(known)}")
+        positive = [
+            "img_size",
+            "epochs",
+            "batch_size",
+            "lr",
+            "opt_eps",
+            "repeated_aug",
+            "eval_interval",
+            "keep_last",
+            "log_interval",
+            "distillation_tau",
+            "eval_batch_size",
+            "data_threads",
+            "patch_size",
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "mlp_ratio",
+            "clip_grad",
+        ]
+        for key in positive:
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                fail(key, "a value > 0")
+        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup", "cutmix", "ckpt_interval"]:
+            if not getattr(self, key) >= 0:
+                fail(key, "a value >= 0")
+        unit = ["crop_pct", "mixup_prob", "mixup_switch_prob", "reprob", "model_ema_decay", "distillation_alpha"]
+        for key in unit:
+            if not 0 <= getattr(self, key) <= 1:
+                fail(key, "a value in [0, 1]")
+        if self.crop_pct == 0:
+            fail("crop_pct", "a value in (0, 1]")
+        for key in ["drop_path", "smoothing"]:
+            if not 0 <= getattr(self, key) < 1:
+                fail(key, "a value in [0, 1)")
+        if not all(0 <= b < 1 for b in self.opt_betas):
+            fail("opt_betas", "two values in [0, 1)")
+        if self.seed < 0:
+            fail("seed", "an integer >= 0")
+        if self.distillation_type != "none" and not self.teacher_path:
+            raise ConfigError(
+                f"distillation_type={self.distillation_type!r} needs a teacher: --teacher-path (a fastdeit checkpoint "
+                "or output folder, a TorchScript or .pt2 file, or the weights of --teacher-model, e.g. regnety_160)"
+            )
+        if self.resume and self.finetune:
+            raise ConfigError("give --resume (continue a run) or --finetune (start from weights), not both")
+        if self.eval_only and not (self.resume or self.finetune):
+            raise ConfigError("eval_only needs weights: --resume CHECKPOINT or --finetune WEIGHTS")
+        if self.finetune and not Path(self.finetune).expanduser().exists():
+            raise FileNotFoundError(f"finetune: file not found: {self.finetune!r}")
+        if self.distillation_type != "none" and self.teacher_path and not Path(self.teacher_path).expanduser().exists():
+            raise FileNotFoundError(f"teacher_path: file not found: {self.teacher_path!r}")
+        if self.resume not in ("", "auto") and not Path(self.resume).expanduser().exists():
+            raise FileNotFoundError(f"resume: checkpoint not found: {self.resume!r} (or pass 'auto')")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _describe_type(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe_type(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"{len(args)} comma-separated numbers"
+    return tp.__name__
+
+
+def _convert(key: str, value: Any, tp: Any, from_text: bool) -> Any:
+    """`value` as type `tp`; text from the command line is parsed, file values are only checked."""
+    err = ConfigError(f"{key}: expected {_describe_type(tp)}, got {value!r}")
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        if value is None or (from_text and str(value).lower() in ("none", "null")):
+            return None
+        try:
+            return _convert(key, value, inner, from_text)
+        except ConfigError:
+            raise err from None
+    if typing.get_origin(tp) is tuple:
+        parts = value.split(",") if from_text and isinstance(value, str) else value
+        if not isinstance(parts, list | tuple) or len(parts) != len(typing.get_args(tp)):
+            raise err
+        return tuple(_convert(key, p, a, from_text) for p, a in zip(parts, typing.get_args(tp), strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise err
+    if from_text and isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            raise err from None
+    # bool is an int subclass: `epochs: true` in a file is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float if tp is float else tp):
+        raise err
+    return tp(value)
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _FIELDS, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {where}{hint} (see train.py --help)")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked key -> value mapping of a YAML or JSON config file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {str(path)!r}")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid {path.suffix.lstrip('.') or 'YAML'}: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    out = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in _FIELDS:
+            raise _unknown_key(str(raw_key), str(path))
+        out[key] = _convert(key, value, _TYPES[key], from_text=False)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(message)
+
+
+def build_arg_parser(prog: str = "train.py", description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one `--key` per TrainConfig field (values stay text until `parse_config`)."""
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML or JSON file of config keys (repeatable; later files and flags win)",
+    )
+    for name, f in _FIELDS.items():
+        tp = _TYPES[name]
+        flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])  # dashes or underscores
+        default = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))
+        help_text = f"{f.metadata['help']} (default: {default})"
+        if tp is bool:
+            # `--eval-only` alone means true; `--tensorboard false` turns a default-on flag off.
+            parser.add_argument(
+                *flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL", help=help_text
+            )
+        else:
+            parser.add_argument(
+                *flags, dest=name, default=argparse.SUPPRESS, metavar=_describe_type(tp).upper(), help=help_text
+            )
+    return parser
+
+
+def parse_config(argv: list[str], *, description: str | None = None) -> TrainConfig:
+    """Build a TrainConfig from `--config FILE` and `--key value` arguments (see the module docstring)."""
+    parser = build_arg_parser(description=description)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+        if flag.startswith("--"):
+            raise _unknown_key(flag[2:].split("=")[0].replace("-", "_"), "the command line")
+        raise ConfigError(f"unexpected argument {flag!r}: arguments are --key value pairs")
+    values: dict[str, Any] = {}
+    for path in args.config:
+        values.update(load_config_file(path))
+    for name, text in vars(args).items():
+        if name != "config":
+            values[name] = _convert(name, text, _TYPES[name], from_text=True)
+    return TrainConfig(**values).check()

@@ -1,0 +1,120 @@
+"""The training config: defaults are DeiT's, files and flags override them, bad input is rejected clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastdeit.training import ConfigError, TrainConfig, load_config_file, parse_config
+from tests.train.helpers import REPO
+
+
+def test_defaults_are_the_deit_recipe():
+    c = TrainConfig(data="digits")
+    assert (c.lr, c.weight_decay, c.opt_betas, c.opt_eps) == (5e-4, 0.05, (0.9, 0.999), 1e-8)
+    assert (c.epochs, c.warmup_epochs, c.warmup_lr, c.min_lr) == (300, 5.0, 1e-6, 1e-5)
+    assert (c.smoothing, c.drop_path, c.reprob, c.repeated_aug) == (0.1, 0.1, 0.25, 3)
+    assert (c.mixup, c.cutmix, c.mixup_prob, c.mixup_switch_prob) == (0.8, 1.0, 1.0, 0.5)
+    assert (c.model_ema, c.model_ema_decay, c.clip_grad) == (True, 0.99996, None)
+    assert (c.distillation_type, c.distillation_alpha, c.distillation_tau) == ("none", 0.5, 1.0)
+    assert c.rand_augment == "rand-m9-mstd0.5-inc1" and c.crop_pct == 0.875
+
+
+def test_flags_override_and_are_typed():
+    c = parse_config(
+        [
+            "--data",
+            "digits",
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "7",
+            "--opt-betas",
+            "0.8,0.99",
+            "--clip-grad",
+            "1.5",
+            "--eval-batch-size",
+            "none",
+            "--compile",
+            "--tensorboard",
+            "false",
+            "--model_ema",
+            "no",
+        ]
+    )
+    assert c.lr == 1e-3 and c.epochs == 7 and c.opt_betas == (0.8, 0.99) and c.clip_grad == 1.5
+    assert c.eval_batch_size is None and c.compile is True and c.tensorboard is False and c.model_ema is False
+
+
+def test_files_then_flags(tmp_path: Path):
+    first = tmp_path / "a.yaml"
+    first.write_text("data: digits\nlr: 0.002\nepochs: 3\nopt_betas: [0.5, 0.6]\n")
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps({"epochs": 4, "model-ema": False}))
+    c = parse_config(["--config", str(first), "--config", str(second), "--lr", "0.003"])
+    assert (c.lr, c.epochs, c.opt_betas, c.model_ema) == (0.003, 4, (0.5, 0.6), False)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(name: str, tmp_path: Path):
+    values = load_config_file(REPO / "train" / "configs" / name)
+    # The ImageNet configs name neither the data nor the teacher's weights: the command line does.
+    c = TrainConfig(**{**values, "data": "digits", "teacher_path": str(tmp_path)}).check()
+    assert c.model
+
+
+def test_config_round_trips_through_weights_only_load(tmp_path: Path):
+    c = parse_config(["--data", "digits", "--clip-grad", "2"])
+    torch.save({"config": c.to_dict()}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)["config"]
+    assert loaded == json.loads(json.dumps(c.to_dict()))
+    assert TrainConfig(**{**loaded, "opt_betas": tuple(loaded["opt_betas"])}) == c
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "digits", "--lrr", "0.1"], "unknown config key 'lrr' in the command line; did you mean lr"),
+        (["--data", "digits", "--lr", "fast"], "lr: expected float, got 'fast'"),
+        (["--data", "digits", "--epochs", "2.5"], "epochs: expected int, got '2.5'"),
+        (["--data", "digits", "--lr", "-0.1"], "lr: expected a value > 0, got -0.1"),
+        (["--data", "digits", "--compile", "maybe"], "compile: expected bool, got 'maybe'"),
+        (["--data", "digits", "--opt-betas", "0.9"], "opt_betas: expected 2 comma-separated numbers"),
+        (["--data", "digits", "--mixup-prob", "1.5"], "mixup_prob: expected a value in [0, 1], got 1.5"),
+        (["--data", "digits", "--distillation-type", "medium"], "distillation_type: expected one of none, soft, hard"),
+        (["--data", "digits", "--model", "deit_tiny_patch16"], "did you mean deit_tiny_patch16_224"),
+        (["--data", "digits", "--distillation-type", "hard"], "needs a teacher"),
+        (["--data", "digits", "--eval-only"], "eval_only needs weights"),
+        ([], "data: expected an ImageFolder path, 'digits' or 'synthetic'"),
+        (["--data", "/no/such/imagenet"], "'/no/such/imagenet' is not a directory"),
+    ],
+)
+def test_bad_values_are_rejected_clearly(argv: list[str], message: str):
+    with pytest.raises(ConfigError) as err:
+        parse_config(argv)
+    assert message in str(err.value)
+
+
+def test_bad_file_values_are_rejected_clearly(tmp_path: Path):
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text("data: digits\nwarmup: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'warmup' in .*k\.yaml; did you mean warmup_"):
+        parse_config(["--config", str(bad_key)])
+    bad_type = tmp_path / "t.yaml"
+    bad_type.write_text("data: digits\nepochs: true\n")  # a YAML bool is not an epoch count
+    with pytest.raises(ConfigError, match="epochs: expected int, got True"):
+        parse_config(["--config", str(bad_type)])
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        parse_config(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_missing_files_are_named(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="finetune: file not found"):
+        parse_config(["--data", "digits", "--finetune", str(tmp_path / "w.pth")])
+    with pytest.raises(FileNotFoundError, match="teacher_path: file not found"):
+        parse_config(["--data", "digits", "--distillation-type", "soft", "--teacher-path", str(tmp_path / "t.pt")])
+    with pytest.raises(FileNotFoundError, match="resume: checkpoint not found"):
+        parse_config(["--data", "digits", "--resume", str(tmp_path / "ckpt.pt")])

@@ -1,0 +1,65 @@
+"""--finetune: weights from another resolution and another class count; convnets build and load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastdeit.models.convnet import create_convnet
+from fastdeit.training import build_model, load_finetune_weights
+from tests.helpers import small_model
+
+
+def _save_training_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+    torch.save({"model": model.state_dict(), "config": {}, "model_name": "deit_tiny_distilled_patch16_224"}, path)
+    return path
+
+
+def test_finetune_at_another_resolution_with_a_new_head(tmp_path: Path):
+    source = small_model(num_classes=5)  # 32 px, 4x4 grid of 8 px patches
+    path = _save_training_checkpoint(source, tmp_path / "ckpt.pt")
+    target = small_model(img_size=48, num_classes=10)  # 6x6 grid: pos_embed resampled, head replaced
+    head_before = target.head.weight.clone()
+    note = load_finetune_weights(target, path)
+    assert "pos_embed resampled (1, 18, 64) -> (1, 38, 64)" in note and "new 10-class head" in note
+    torch.testing.assert_close(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(target.cls_token, source.cls_token)  # prefix tokens are kept as they are
+    torch.testing.assert_close(target.head.weight, head_before)
+
+
+def test_evaluating_weights_of_another_class_count_is_an_error(tmp_path: Path):
+    path = _save_training_checkpoint(small_model(num_classes=5), tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="head for 5 classes but the model has 10"):
+        load_finetune_weights(small_model(num_classes=10), path, allow_new_head=False)
+
+
+def test_build_model_dispatches_and_rebuilds_from_model_config():
+    deit = build_model(
+        "deit_tiny_distilled_patch16_224",
+        num_classes=10,
+        img_size=16,
+        backend="torch",
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        mlp_ratio=None,
+    )
+    again = build_model(deit.model_name, backend="torch", **deit.model_config)
+    assert again.patch_embed.grid_size == (4, 4) and again.embed_dim == 32 and again.distilled
+    convnet = build_model("convnet_tiny", num_classes=10, img_size=16, embed_dim=None)
+    assert convnet(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    with pytest.raises(ValueError, match="takes no DeiT architecture overrides"):
+        build_model("convnet_tiny", num_classes=10, embed_dim=96)
+
+
+def test_convnet_weights_round_trip(tmp_path: Path):
+    source = create_convnet("convnet_tiny", num_classes=10)
+    torch.save({"model": source.state_dict()}, tmp_path / "c.pt")
+    loaded = create_convnet("convnet_tiny", num_classes=10, checkpoint=tmp_path / "c.pt").eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), source.eval()(x))
+    with pytest.raises(ValueError, match="does not fit convnet_small"):
+        create_convnet("convnet_small", num_classes=10, checkpoint=tmp_path / "c.pt")

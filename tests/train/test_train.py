@@ -1,0 +1,202 @@
+"""train/train.py end to end on digits: a distilled run, exact resume after SIGKILL, two processes under
+torchrun, evaluation only, divergence handling, and setup errors reported before training starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastdeit.training import ConfigError, list_checkpoints, parse_config, read_metrics
+from fastdeit.training.checkpoints import checkpoint_name
+from tests.train.helpers import (
+    TRAIN_SCRIPT,
+    final_state,
+    load_train_module,
+    run_train,
+    tiny_args,
+    write_convnet_teacher,
+)
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2  # 23 steps each at batch 64 over the 1,497 train digits: 46 in all
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _distilled_args(out: Path, teacher: Path, **overrides: object) -> list[str]:
+    return tiny_args(
+        epochs=EPOCHS,
+        output_dir=out,
+        distillation_type="hard",
+        teacher_path=teacher,
+        ckpt_interval=5,
+        keep_last=10,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, teacher_file: Path) -> Path:
+    """An uninterrupted 2-epoch run with hard distillation and every augmentation on."""
+    out = tmp_path_factory.mktemp("reference")
+    _ok(run_train(_distilled_args(out, teacher_file)))
+    return out
+
+
+def test_short_distilled_run(reference_run: Path):
+    epochs = read_metrics(reference_run, kind="epoch")
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert epochs[-1]["val_count"] == 300  # every val digit once, padding rows not counted
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert 0 <= epochs[-1]["ema_top1"] <= 100 and epochs[-1]["val_top5"] >= epochs[-1]["val_top1"]
+    state = final_state(reference_run)
+    assert (state["step"], state["epoch"], state["epoch_step"]) == (46, 2, 0)
+    assert state["config"]["distillation_type"] == "hard" and state["model_name"] == "deit_tiny_distilled_patch16_224"
+    assert set(state) >= {"model", "model_ema", "optimizer", "scaler", "scheduler", "rng", "class_names"}
+    assert json.loads((reference_run / "config.json").read_text())["epochs"] == EPOCHS
+    # The student is a fastdeit training checkpoint: it loads back as a model, EMA weights included.
+    import fastdeit
+
+    overrides = {k: state["model_config"][k] for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+    model = fastdeit.create_model(
+        state["model_name"],
+        num_classes=10,
+        backend="torch",
+        **overrides,
+        checkpoint=list_checkpoints(reference_run)[-1],
+        use_ema=True,
+    )
+    assert model.distilled
+
+
+def test_killed_run_resumes_to_the_same_weights(reference_run: Path, teacher_file: Path, tmp_path: Path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT)] + _distilled_args(out, teacher_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Kill it in its first epoch, right after its checkpoint of step 15 exists (saves are atomic: any moment
+        # works, and the resumed run then crosses an epoch boundary).
+        deadline = time.monotonic() + 240
+        while not (out / checkpoint_name(15)).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its step-15 checkpoint"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    resumed_from = list_checkpoints(out)[-1]
+    resumed_step = torch.load(resumed_from, weights_only=True)["step"]
+    assert resumed_step < 46, "the kill came too late to test anything"
+
+    _ok(run_train(_distilled_args(out, teacher_file, resume="auto")))
+    ours, ref = final_state(out), final_state(reference_run)
+    assert ours["step"] == ref["step"] == 46
+    for part in ("model", "model_ema"):
+        for key, value in ref[part].items():
+            # Same ops on the same CPU in the same order: bitwise equal in practice; 1e-6 leaves room for
+            # a different thread split of a reduction.
+            torch.testing.assert_close(ours[part][key], value, rtol=1e-6, atol=1e-6, msg=f"{part}.{key}")
+    # The metrics log reads like one run: the killed run's lines after the resume point were dropped.
+    train_steps = [r["step"] for r in read_metrics(out, kind="train")]
+    assert train_steps == sorted(set(train_steps))
+    ref_losses = {r["step"]: r["loss"] for r in read_metrics(reference_run, kind="train")}
+    our_losses = {r["step"]: r["loss"] for r in read_metrics(out, kind="train") if r["step"] > resumed_step}
+    assert our_losses and all(abs(our_losses[s] - ref_losses[s]) < 1e-5 for s in our_losses)
+
+
+def test_two_processes_with_torchrun(tmp_path: Path):
+    proc = _ok(run_train(tiny_args(epochs=1, output_dir=tmp_path, repeated_aug=2, rand_augment="none"), nproc=2))
+    assert "2 process(es)" in proc.stdout
+    state = final_state(tmp_path)
+    assert len(state["rng"]) == 2  # each rank's random streams, for an exact resume
+    assert state["step"] == (1497 // 2) // 64  # the loader shards the data: each rank reads half
+    last = read_metrics(tmp_path, kind="epoch")[-1]
+    assert last["val_count"] == 300  # eval shards summed over ranks: every sample counted once
+
+
+def test_eval_only(reference_run: Path, tmp_path: Path):
+    last = list_checkpoints(reference_run)[-1]
+    proc = _ok(run_train(tiny_args(output_dir=tmp_path, eval_only="true", resume=last, rand_augment="none")))
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = read_metrics(reference_run, kind="epoch")[-1]
+    assert results["val_top1"] == pytest.approx(expected["val_top1"])
+    assert results["ema_top1"] == pytest.approx(expected["ema_top1"])
+    assert read_metrics(tmp_path, kind="eval")[0]["val_count"] == 300
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    good = out / checkpoint_name(46)
+    good.write_bytes(list_checkpoints(reference_run)[-1].read_bytes())
+    before = good.read_bytes()
+    # Resume for a third epoch at an absurd learning rate: the weights overflow within a few steps.
+    proc = run_train(
+        tiny_args(
+            epochs=3,
+            output_dir=out,
+            resume="auto",
+            lr="1e30",
+            log_interval=2,
+            ckpt_interval=4,
+            distillation_type="none",
+            rand_augment="none",
+        )
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stopping" in proc.stderr and f"the last good checkpoint is {good} (kept)" in proc.stderr
+    assert [p.name for p in list_checkpoints(out)] == [good.name] and good.read_bytes() == before
+
+
+# --- setup errors: raised by main() before the first step, with the key and the expectation in the message
+
+
+@pytest.fixture(scope="module")
+def train_module():
+    return load_train_module()
+
+
+def _config(tmp_path: Path, **overrides: object):
+    return parse_config(tiny_args(output_dir=tmp_path, **overrides))
+
+
+def test_distillation_needs_a_distilled_student(train_module, teacher_file: Path, tmp_path: Path):
+    config = _config(tmp_path, model="deit_tiny_patch16_224", distillation_type="soft", teacher_path=teacher_file)
+    with pytest.raises(ConfigError, match="needs a student with a distillation token.*deit_tiny_patch16_224"):
+        train_module.main(config)
+    assert not list_checkpoints(tmp_path)
+
+
+def test_teacher_of_another_class_count(train_module, tmp_path: Path):
+    teacher = write_convnet_teacher(tmp_path / "teacher5.pt", num_classes=5)
+    config = _config(tmp_path / "out", distillation_type="hard", teacher_path=teacher)
+    with pytest.raises(ConfigError, match=r"teacher: .*returns logits of shape \(64, 5\).*10 classes"):
+        train_module.main(config)
+
+
+def test_bad_data_folder(train_module, tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((ConfigError, FileNotFoundError), match="empty"):
+        train_module.main(_config(tmp_path / "out", data=tmp_path / "empty"))
+
+
+def test_command_line_errors_are_one_line(tmp_path: Path):
+    proc = run_train(["--data", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path)])
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("train.py: error: data: ")
+    assert "Traceback" not in proc.stderr
+    assert not os.listdir(tmp_path)
