@@ -34,6 +34,9 @@ def _affine(img: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
 
 
 def _posterize(img: Image.Image, bits: float) -> Image.Image:
+    # Magnitude 10 keeps 0 bits: a black image, as DALI's mask of 0 gives (Pillow refuses bits=0).
+    if bits < 1:
+        return Image.new(img.mode, img.size)
     return img if bits >= 8 else ImageOps.posterize(img, int(bits))
 
 

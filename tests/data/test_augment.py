@@ -64,3 +64,16 @@ def test_rand_augment_config_from_timm():
         RandAugmentConfig.from_timm("rand-m9-w0-inc1")
     with pytest.raises(ValueError, match="magnitude must be in \\[0, 10\\]"):
         RandAugmentConfig(magnitude=11)
+
+
+def test_pil_posterize_at_full_magnitude_keeps_zero_bits():
+    """rand-m9-mstd0.5 reaches magnitude 10, where posterize keeps 0 bits: black, as in DALI; never a crash."""
+    import numpy as np
+    from PIL import Image
+
+    from fastdeit.data.fallback import _posterize
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert np.asarray(_posterize(img, 0.0)).max() == 0
+    assert (np.asarray(_posterize(img, 4.0)) % 16 == 0).all()
+    assert np.array_equal(np.asarray(_posterize(img, 8.0)), np.asarray(img))
