@@ -104,6 +104,8 @@ def main(config: TrainConfig) -> dict[str, float]:
             batch_size=config.batch_size,
             repeated_aug=config.repeated_aug if env.distributed else 1,  # DeiT repeats only under DDP
             rand_augment=config.rand_augment if config.rand_augment not in ("", "none") else False,
+            crop_scale=config.crop_scale,
+            hflip=config.hflip,
             **loader_args,
         )
         val_loader, val_info = build_loader(

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from fastdeit.data.augment import RandAugmentConfig
+from fastdeit.data.augment import CROP_SCALE, HFLIP, RandAugmentConfig
 from fastdeit.data.common import IMAGENET_MEAN, IMAGENET_STD, PAD_LABEL, DataWarning
 from fastdeit.data.digits import prepare_digits
 from fastdeit.data.folder import ImageFolderIndex, list_classes, scan_image_folder
@@ -151,6 +151,8 @@ def build_loader(
     seed: int = 0,
     repeated_aug: int = 1,
     rand_augment: bool | str | RandAugmentConfig = True,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    hflip: float = HFLIP,
     crop_pct: float = 0.875,
     num_threads: int | None = None,
     prefetch: int = 2,
@@ -176,6 +178,9 @@ def build_loader(
         repeated_aug: DeiT's repeated augmentation count (3 in the recipe, under DDP).
         rand_augment: True for DeiT's rand-m9-mstd0.5-inc1, False for none, a timm spec string or a
             RandAugmentConfig. Train only.
+        crop_scale: (lo, hi) area range of the random-resized-crop as a fraction of the image, 0 < lo <= hi
+            <= 1 (DeiT's 0.08-1). Train only.
+        hflip: probability of mirroring each image horizontally (DeiT's 0.5). Train only.
         crop_pct: eval center-crop fraction.
         num_threads: decoding threads (default: the CPU count, at most 8); prefetch: batches prepared
             ahead; read_threads: threads reading files.
@@ -217,6 +222,8 @@ def build_loader(
         seed=seed,
         repeated_aug=repeated_aug,
         rand_augment=_rand_augment_config(rand_augment),
+        crop_scale=crop_scale,
+        hflip=hflip,
         crop_pct=crop_pct,
         read_threads=read_threads,
         num_threads=_default_threads(num_threads),

@@ -7,20 +7,24 @@ mid-epoch exact without replaying, and lets both backends apply the same crops, 
 choices.
 
 The transform follows DeiT's (timm's `create_transform` with `auto_augment="rand-m9-mstd0.5-inc1"`):
-random-resized-crop (scale 0.08-1, ratio 3/4-4/3, timm's 10-attempt sampler and its center-crop
-fallback), horizontal flip with p=0.5, then RandAugment: `num_ops` operations drawn with replacement
-from the 15 "increasing" ops, each applied with probability `prob` at a magnitude drawn from
-N(magnitude, magnitude_std) clipped to [0, 10].
+random-resized-crop (area scale 0.08-1 by default, ratio 3/4-4/3, timm's 10-attempt sampler and its
+center-crop fallback), horizontal flip with p=0.5 by default, then RandAugment: `num_ops` operations
+drawn with replacement from the 15 "increasing" ops, each applied with probability `prob` at a
+magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. The crop scale and the flip
+probability are settings of the loaders (timm's `scale` and `hflip`); the uniforms drawn per batch do
+not depend on them, so changing them changes how the same draws are used, not the draws.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-CROP_SCALE = (0.08, 1.0)
+CROP_SCALE = (0.08, 1.0)  # DeiT's default area range; loaders take others (`crop_scale`)
+HFLIP = 0.5  # DeiT's default flip probability; loaders take others (`hflip`)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_ATTEMPTS = 10
 
@@ -121,6 +125,29 @@ class TrainAugParams:
     ra_params: np.ndarray
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # True is not a scale
+
+
+def check_crop_scale(crop_scale: tuple[float, float]) -> tuple[float, float]:
+    """`crop_scale` as a (lo, hi) pair of floats; ValueError unless 0 < lo <= hi <= 1."""
+    expected = "crop_scale must be two numbers (lo, hi) with 0 < lo <= hi <= 1 (fractions of the image area)"
+    try:
+        lo, hi = crop_scale
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}, got {crop_scale!r}") from None
+    if not (_is_number(lo) and _is_number(hi) and 0.0 < lo <= hi <= 1.0):  # the comparisons also reject NaN
+        raise ValueError(f"{expected}, got {crop_scale!r}")
+    return float(lo), float(hi)
+
+
+def check_hflip(hflip: float) -> float:
+    """`hflip` as a float; ValueError unless it is a probability in [0, 1]."""
+    if not (_is_number(hflip) and 0.0 <= hflip <= 1.0):
+        raise ValueError(f"hflip must be a probability in [0, 1] (of mirroring each train image), got {hflip!r}")
+    return float(hflip)
+
+
 def _op_argument(name: str, level: float, negate: bool, img_size: int) -> tuple[float, float]:
     """timm's level-to-argument mapping for the increasing ops, as a (x, y) pair."""
     frac = level / _MAX_LEVEL
@@ -147,11 +174,14 @@ def _op_argument(name: str, level: float, negate: bool, img_size: int) -> tuple[
 
 
 def sample_train_params(
-    rng: np.random.Generator, n: int, img_size: int, rand_augment: RandAugmentConfig | None
+    rng: np.random.Generator, n: int, img_size: int, rand_augment: RandAugmentConfig | None, hflip: float
 ) -> TrainAugParams:
-    """Draw the random choices for `n` train images (see TrainAugParams)."""
+    """Draw the random choices for `n` train images (see TrainAugParams); each is mirrored with probability `hflip`.
+
+    `rng` is consumed the same way whatever `hflip` is: the crops and RandAugment choices do not depend on it.
+    """
     crop = rng.random((n, 4, CROP_ATTEMPTS), dtype=np.float32)
-    flip = (rng.random(n) < 0.5).astype(np.int32)
+    flip = (rng.random(n) < hflip).astype(np.int32)  # uniforms in [0, 1): never for 0, always for 1
     num_ops = rand_augment.num_ops if rand_augment else 0
     ra_ops = np.full((n, num_ops), SKIP_OP, dtype=np.int32)
     ra_params = np.zeros((n, num_ops, 2), dtype=np.float32)
@@ -169,18 +199,18 @@ def sample_train_params(
     return TrainAugParams(crop, flip, ra_ops, ra_params)
 
 
-def crop_window(u: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+def crop_window(u: np.ndarray, height: int, width: int, scale: tuple[float, float]) -> tuple[int, int, int, int]:
     """timm's RandomResizedCrop window (top, left, crop_height, crop_width) from the uniforms `u` (4, attempts).
 
-    Up to `attempts` tries of a random area fraction in CROP_SCALE and a log-uniform aspect ratio in
-    CROP_RATIO; the first that fits is placed at a uniformly random position. If none fits, the
-    largest center crop with the aspect ratio clamped to CROP_RATIO. The DALI graph computes the
-    same thing with its arithmetic operators, in float32.
+    Up to `attempts` tries of a random area fraction in `scale` (lo, hi; see check_crop_scale) and a
+    log-uniform aspect ratio in CROP_RATIO; the first that fits is placed at a uniformly random
+    position. If none fits, the largest center crop with the aspect ratio clamped to CROP_RATIO. The
+    DALI graph computes the same thing with its arithmetic operators, in float32.
     """
     area = float(height * width)
     log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
     for k in range(u.shape[1]):
-        target = area * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * float(u[0, k]))
+        target = area * (scale[0] + (scale[1] - scale[0]) * float(u[0, k]))
         aspect = math.exp(log_lo + (log_hi - log_lo) * float(u[1, k]))
         w = math.floor(math.sqrt(target * aspect) + 0.5)
         h = math.floor(math.sqrt(target / aspect) + 0.5)

@@ -37,7 +37,7 @@ from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline, pipeline_def
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from fastdeit.data.augment import CROP_ATTEMPTS, CROP_RATIO, CROP_SCALE, RAND_AUGMENT_OPS
+from fastdeit.data.augment import CROP_ATTEMPTS, CROP_RATIO, RAND_AUGMENT_OPS
 from fastdeit.data.common import IMAGENET_MEAN, IMAGENET_STD
 from fastdeit.data.loader import BatchStream, ImageFileLoader, ReadyBatch
 
@@ -146,12 +146,14 @@ def _rand_augment(images: DataNode, ops: DataNode, params: DataNode, num_ops: in
     return images
 
 
-def _crop_roi(encoded: DataNode, u: DataNode, exif_orientation: bool) -> tuple[DataNode, DataNode]:
+def _crop_roi(
+    encoded: DataNode, u: DataNode, scale: tuple[float, float], exif_orientation: bool
+) -> tuple[DataNode, DataNode]:
     """fastdeit.data.augment.crop_window in DALI arithmetic: (roi_start, roi_end) as (2,) float (y, x)."""
     shape = fn.cast(fn.peek_image_shape(encoded, adjust_orientation=exif_orientation), dtype=types.FLOAT)
     height, width = shape[0], shape[1]
     log_lo, log_hi = float(np.log(CROP_RATIO[0])), float(np.log(CROP_RATIO[1]))
-    target = height * width * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u[0])
+    target = height * width * (scale[0] + (scale[1] - scale[0]) * u[0])
     aspect = dmath.exp(log_lo + (log_hi - log_lo) * u[1])
     w = dmath.floor(dmath.sqrt(target * aspect) + 0.5)
     h = dmath.floor(dmath.sqrt(target / aspect) + 0.5)
@@ -191,17 +193,24 @@ def _normalize(images: DataNode, **kwargs) -> DataNode:
 
 @pipeline_def(enable_conditionals=True)
 def train_pipeline(
-    source: Callable[[], tuple], *, img_size: int, num_ops: int, on_gpu: bool, exif_orientation: bool = False
+    source: Callable[[], tuple],
+    *,
+    img_size: int,
+    crop_scale: tuple[float, float],
+    num_ops: int,
+    on_gpu: bool,
+    exif_orientation: bool = False,
 ) -> DataNode:
     """DeiT's train transform; `source()` returns a batch of (encoded, crop, flip[, ra_ops, ra_params]).
 
     encoded: (bytes,) uint8 files; crop (4, CROP_ATTEMPTS) float32, flip () int32, and when num_ops > 0
     ra_ops (num_ops,) int32 and ra_params (num_ops, 2) float32 per sample, as in
-    fastdeit.data.augment.TrainAugParams. Output: (B, 3, img_size, img_size) float32.
+    fastdeit.data.augment.TrainAugParams. `crop_scale` is the random-resized-crop's area range, built
+    into the graph as constants (it is fixed per loader). Output: (B, 3, img_size, img_size) float32.
     """
     dtypes = [types.UINT8, types.FLOAT, types.INT32] + ([types.INT32, types.FLOAT] if num_ops else [])
     encoded, crop, flip, *ra = fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes)
-    roi_start, roi_end = _crop_roi(encoded, crop, exif_orientation)
+    roi_start, roi_end = _crop_roi(encoded, crop, crop_scale, exif_orientation)
     images = _decode(encoded, on_gpu, exif_orientation)
     images = fn.resize(
         images,
@@ -307,7 +316,7 @@ class DaliLoader(ImageFileLoader):
             prefetch_queue_depth=self.prefetch,
         )
         if self.mode == "train":
-            pipe = train_pipeline(num_ops=self._num_ops, **kwargs)
+            pipe = train_pipeline(crop_scale=self.crop_scale, num_ops=self._num_ops, **kwargs)
         else:
             pipe = eval_pipeline(crop_pct=self.crop_pct, **kwargs)
         pipe.build()

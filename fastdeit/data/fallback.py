@@ -90,10 +90,16 @@ def eval_transform(img: Image.Image, img_size: int, crop_pct: float) -> Image.Im
 
 
 def train_transform(
-    img: Image.Image, img_size: int, crop: np.ndarray, flip: int, ra_ops: np.ndarray, ra_params: np.ndarray
+    img: Image.Image,
+    img_size: int,
+    crop_scale: tuple[float, float],
+    crop: np.ndarray,
+    flip: int,
+    ra_ops: np.ndarray,
+    ra_params: np.ndarray,
 ) -> Image.Image:
-    """Random-resized-crop, flip and RandAugment with the choices of one row of TrainAugParams."""
-    top, left, h, w = crop_window(crop, img.height, img.width)
+    """Random-resized-crop (area in `crop_scale`), flip and RandAugment with one row of TrainAugParams."""
+    top, left, h, w = crop_window(crop, img.height, img.width, crop_scale)
     img = img.resize((img_size, img_size), _BICUBIC, box=(left, top, left + w, top + h))
     if flip:
         img = ImageOps.mirror(img)
@@ -122,7 +128,9 @@ class PilLoader(ImageFileLoader):
             return f"PIL could not decode it: {err}"
         if self.mode == "train":
             aug = ready.aug
-            img = train_transform(img, self.img_size, aug.crop[row], aug.flip[row], aug.ra_ops[row], aug.ra_params[row])
+            img = train_transform(
+                img, self.img_size, self.crop_scale, aug.crop[row], aug.flip[row], aug.ra_ops[row], aug.ra_params[row]
+            )
         else:
             img = eval_transform(img, self.img_size, self.crop_pct)
         return to_tensor(img)

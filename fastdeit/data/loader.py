@@ -29,7 +29,15 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from fastdeit.data.augment import RandAugmentConfig, TrainAugParams, sample_train_params
+from fastdeit.data.augment import (
+    CROP_SCALE,
+    HFLIP,
+    RandAugmentConfig,
+    TrainAugParams,
+    check_crop_scale,
+    check_hflip,
+    sample_train_params,
+)
 from fastdeit.data.common import (
     PAD_LABEL,
     DataWarning,
@@ -121,9 +129,13 @@ class ImageFileLoader(ABC):
         batch_size: rows per batch (per rank).
         device: where the batches are returned.
         rank, world_size: DDP position (see fastdeit.data.sampling).
-        seed: shuffling and augmentation seed; batches depend only on (seed, epoch, rank, step).
+        seed: shuffling and augmentation seed; batches depend only on (seed, epoch, rank, step) and
+            the loader's settings.
         repeated_aug: copies of each sample per epoch (DeiT uses 3 under DDP), train only.
         rand_augment: RandAugment settings, or None for crop + flip only.
+        crop_scale: (lo, hi) range of the random-resized-crop's area, as a fraction of the image's
+            (DeiT's 0.08-1 by default), train only.
+        hflip: probability of mirroring a train image horizontally (DeiT's 0.5 by default).
         crop_pct: eval center-crop fraction: the shorter side is resized to int(img_size / crop_pct).
         num_threads: threads decoding and transforming images.
         prefetch: batches decoded ahead of the one being consumed.
@@ -149,6 +161,8 @@ class ImageFileLoader(ABC):
         seed: int = 0,
         repeated_aug: int = 1,
         rand_augment: RandAugmentConfig | None = None,
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        hflip: float = HFLIP,
         crop_pct: float = 0.875,
         num_threads: int = 4,
         prefetch: int = 2,
@@ -180,6 +194,8 @@ class ImageFileLoader(ABC):
         if rand_augment is not None and not isinstance(rand_augment, RandAugmentConfig):
             raise ValueError(f"rand_augment must be a RandAugmentConfig or None, got {rand_augment!r}")
         self.rand_augment = rand_augment
+        self.crop_scale = check_crop_scale(crop_scale)
+        self.hflip = check_hflip(hflip)
         if not 0.0 < crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
         self.crop_pct = float(crop_pct)
@@ -252,9 +268,8 @@ class ImageFileLoader(ABC):
             )
             for step in range(start_step, len(self)):
                 rows = order[step * b : (step + 1) * b]
-                aug = sample_train_params(
-                    batch_rng(self.seed, epoch, self.rank, step), b, self.img_size, self.rand_augment
-                )
+                rng = batch_rng(self.seed, epoch, self.rank, step)
+                aug = sample_train_params(rng, b, self.img_size, self.rand_augment, self.hflip)
                 yield PlannedBatch(step, rows, self.labels[rows], aug)
         elif self.mode == "eval":
             order = eval_shard(self.num_samples, rank=self.rank, world_size=self.world_size)

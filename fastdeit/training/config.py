@@ -95,6 +95,10 @@ class TrainConfig:
     mixup_switch_prob: float = _opt(0.5, "probability of cutmix rather than mixup when both are on")
     reprob: float = _opt(0.25, "random erasing probability per image")
     rand_augment: str = _opt("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax), or 'none'")
+    crop_scale: tuple[float, float] = _opt(
+        (0.08, 1.0), "random-resized-crop area range as fractions of the image, lo,hi with 0 < lo <= hi <= 1"
+    )
+    hflip: float = _opt(0.5, "probability of mirroring a train image horizontally")
     repeated_aug: int = _opt(3, "repeated augmentation count, applied under DDP only (as DeiT)")
     # --- EMA of the weights
     model_ema: bool = _opt(True, "keep an EMA of the weights and evaluate it too")
@@ -186,7 +190,15 @@ class TrainConfig:
         for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup", "cutmix", "ckpt_interval"]:
             if not getattr(self, key) >= 0:
                 fail(key, "a value >= 0")
-        unit = ["crop_pct", "mixup_prob", "mixup_switch_prob", "reprob", "model_ema_decay", "distillation_alpha"]
+        unit = [
+            "crop_pct",
+            "mixup_prob",
+            "mixup_switch_prob",
+            "reprob",
+            "hflip",
+            "model_ema_decay",
+            "distillation_alpha",
+        ]
         for key in unit:
             if not 0 <= getattr(self, key) <= 1:
                 fail(key, "a value in [0, 1]")
@@ -197,6 +209,8 @@ class TrainConfig:
                 fail(key, "a value in [0, 1)")
         if not all(0 <= b < 1 for b in self.opt_betas):
             fail("opt_betas", "two values in [0, 1)")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            fail("crop_scale", "two values lo,hi with 0 < lo <= hi <= 1")
         if self.seed < 0:
             fail("seed", "an integer >= 0")
         if self.distillation_type != "none" and not self.teacher_path:

@@ -75,6 +75,10 @@ def test_bad_arguments(image_folder: Path, tmp_path: Path):
         build_loader(image_folder, split="train", img_size=8, batch_size=64)
     with pytest.raises(ValueError, match="crop_pct must be in \\(0, 1\\], got 1.5"):
         build_loader(image_folder, split="val", img_size=8, batch_size=2, crop_pct=1.5)
+    with pytest.raises(ValueError, match="crop_scale must be two numbers .* got \\(0.5, 0.2\\)"):
+        build_loader(image_folder, split="train", img_size=8, batch_size=2, crop_scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="hflip must be a probability in \\[0, 1\\] .* got 2"):
+        build_loader(image_folder, split="train", img_size=8, batch_size=2, hflip=2)
 
 
 def test_pil_fallback_is_announced(image_folder: Path, monkeypatch: pytest.MonkeyPatch):
@@ -86,6 +90,16 @@ def test_pil_fallback_is_announced(image_folder: Path, monkeypatch: pytest.Monke
     assert images.shape == (8, 3, 16, 16) and torch.isfinite(images).all()
     with pytest.raises(ImportError, match="backend='dali' but DALI cannot be imported"):
         build_loader(image_folder, split="train", img_size=16, batch_size=8, backend="dali")
+
+
+@pytest.mark.parametrize(
+    "backend", ["pil", pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI"))]
+)
+def test_hflip_zero_and_one_give_mirror_images(image_folder: Path, backend: str):
+    """hflip never / always mirrors; the crops are the same either way, so the batches mirror each other."""
+    kw = {"split": "train", "img_size": 16, "batch_size": 8, "rand_augment": False, "seed": 4, "backend": backend}
+    plain, mirrored = (next(iter(build_loader(image_folder, hflip=p, **kw)[0])) for p in (0.0, 1.0))
+    assert torch.equal(plain[1], mirrored[1]) and torch.equal(plain[0].flip(-1), mirrored[0])
 
 
 def test_repeated_aug_without_enough_ranks_warns(image_folder: Path):

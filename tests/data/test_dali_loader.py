@@ -98,9 +98,13 @@ def test_abandoned_epoch_does_not_leak_into_the_next(train_pair):
     assert same(collect(a), full)
 
 
-def test_train_without_rand_augment_matches_pil(index, ids):
-    """Same plan and crop/flip choices: the backends differ only by their bicubic resampling."""
-    kw = {"mode": "train", "seed": 3, "rand_augment": None}
+@pytest.mark.parametrize("aug", [{}, {"crop_scale": (0.3, 0.6), "hflip": 0.8}], ids=["deit", "scale0.3-0.6_hflip0.8"])
+def test_train_without_rand_augment_matches_pil(index, ids, aug):
+    """Same plan and crop/flip choices: the backends differ only by their bicubic resampling.
+
+    The DALI graph recomputes the crop window from the crop scale: another scale must reach it too.
+    """
+    kw = {"mode": "train", "seed": 3, "rand_augment": None, **aug}
     dali, pil = collect(loader(index.files, ids, **kw)), collect(loader(index.files, ids, cls=PilLoader, **kw))
     assert [y.tolist() for _, y in dali] == [y.tolist() for _, y in pil]
     diff = torch.cat([(x[0] - y[0]).abs().flatten() for x, y in zip(dali, pil, strict=True)])

@@ -21,6 +21,7 @@ def test_defaults_are_the_deit_recipe():
     assert (c.model_ema, c.model_ema_decay, c.clip_grad) == (True, 0.99996, None)
     assert (c.distillation_type, c.distillation_alpha, c.distillation_tau) == ("none", 0.5, 1.0)
     assert c.rand_augment == "rand-m9-mstd0.5-inc1" and c.crop_pct == 0.875
+    assert (c.crop_scale, c.hflip) == ((0.08, 1.0), 0.5)
 
 
 def test_flags_override_and_are_typed():
@@ -43,19 +44,25 @@ def test_flags_override_and_are_typed():
             "false",
             "--model_ema",
             "no",
+            "--crop-scale",
+            "0.35,1",
+            "--hflip",
+            "0",
         ]
     )
     assert c.lr == 1e-3 and c.epochs == 7 and c.opt_betas == (0.8, 0.99) and c.clip_grad == 1.5
+    assert c.crop_scale == (0.35, 1.0) and c.hflip == 0.0
     assert c.eval_batch_size is None and c.compile is True and c.tensorboard is False and c.model_ema is False
 
 
 def test_files_then_flags(tmp_path: Path):
     first = tmp_path / "a.yaml"
-    first.write_text("data: digits\nlr: 0.002\nepochs: 3\nopt_betas: [0.5, 0.6]\n")
+    first.write_text("data: digits\nlr: 0.002\nepochs: 3\nopt_betas: [0.5, 0.6]\ncrop_scale: [0.25, 0.9]\n")
     second = tmp_path / "b.json"
-    second.write_text(json.dumps({"epochs": 4, "model-ema": False}))
+    second.write_text(json.dumps({"epochs": 4, "model-ema": False, "hflip": 1}))
     c = parse_config(["--config", str(first), "--config", str(second), "--lr", "0.003"])
     assert (c.lr, c.epochs, c.opt_betas, c.model_ema) == (0.003, 4, (0.5, 0.6), False)
+    assert (c.crop_scale, c.hflip) == ((0.25, 0.9), 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "train" / "configs").glob("*.yaml")))
@@ -71,7 +78,8 @@ def test_config_round_trips_through_weights_only_load(tmp_path: Path):
     torch.save({"config": c.to_dict()}, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)["config"]
     assert loaded == json.loads(json.dumps(c.to_dict()))
-    assert TrainConfig(**{**loaded, "opt_betas": tuple(loaded["opt_betas"])}) == c
+    tuples = {k: tuple(loaded[k]) for k in ("opt_betas", "crop_scale")}
+    assert TrainConfig(**{**loaded, **tuples}) == c
 
 
 @pytest.mark.parametrize(
@@ -84,6 +92,11 @@ def test_config_round_trips_through_weights_only_load(tmp_path: Path):
         (["--data", "digits", "--compile", "maybe"], "compile: expected bool, got 'maybe'"),
         (["--data", "digits", "--opt-betas", "0.9"], "opt_betas: expected 2 comma-separated numbers"),
         (["--data", "digits", "--mixup-prob", "1.5"], "mixup_prob: expected a value in [0, 1], got 1.5"),
+        (["--data", "digits", "--hflip", "-0.5"], "hflip: expected a value in [0, 1], got -0.5"),
+        (["--data", "digits", "--crop-scale", "0.35"], "crop_scale: expected 2 comma-separated numbers, got '0.35'"),
+        (["--data", "digits", "--crop-scale", "0.5,0.2"], "crop_scale: expected two values lo,hi with 0 < lo <= hi"),
+        (["--data", "digits", "--crop-scale", "0,1"], "crop_scale: expected two values lo,hi with 0 < lo <= hi <= 1"),
+        (["--data", "digits", "--crop-scale", "0.5,1.5"], "got (0.5, 1.5)"),
         (["--data", "digits", "--distillation-type", "medium"], "distillation_type: expected one of none, soft, hard"),
         (["--data", "digits", "--model", "deit_tiny_patch16"], "did you mean deit_tiny_patch16_224"),
         (["--data", "digits", "--distillation-type", "hard"], "needs a teacher"),
@@ -107,6 +120,10 @@ def test_bad_file_values_are_rejected_clearly(tmp_path: Path):
     bad_type.write_text("data: digits\nepochs: true\n")  # a YAML bool is not an epoch count
     with pytest.raises(ConfigError, match="epochs: expected int, got True"):
         parse_config(["--config", str(bad_type)])
+    bad_pair = tmp_path / "p.yaml"
+    bad_pair.write_text("data: digits\ncrop_scale: 0.35\n")  # a scale range needs both ends
+    with pytest.raises(ConfigError, match="crop_scale: expected 2 comma-separated numbers, got 0.35"):
+        parse_config(["--config", str(bad_pair)])
     with pytest.raises(FileNotFoundError, match="config file not found"):
         parse_config(["--config", str(tmp_path / "missing.yaml")])
 
