@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 import fastdeit
 
@@ -15,3 +18,37 @@ def small_model(distilled: bool = True, **overrides: Any) -> fastdeit.VisionTran
     kwargs: dict[str, Any] = dict(SMALL, backend="torch")
     kwargs.update(overrides)
     return fastdeit.create_model(name, **kwargs)
+
+
+def assert_compile_matches_eager(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> None:
+    """`torch.compile(fn, fullgraph=True)` (no graph breaks) gives eager's loss and input gradients."""
+    eager_inputs = [t.clone().requires_grad_() for t in inputs]
+    compiled_inputs = [t.clone().requires_grad_() for t in inputs]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    loss_eager, loss_compiled = fn(*eager_inputs), compiled(*compiled_inputs)
+    torch.testing.assert_close(loss_compiled, loss_eager)
+    grads_eager = torch.autograd.grad(loss_eager, eager_inputs)
+    grads_compiled = torch.autograd.grad(loss_compiled, compiled_inputs)
+    for g_compiled, g_eager in zip(grads_compiled, grads_eager, strict=True):
+        torch.testing.assert_close(g_compiled, g_eager)
+
+
+def hf_config(distilled: bool, **overrides: Any) -> Any:
+    """A transformers config matching `small_model`: DeiTConfig (distilled) or ViTConfig (how the Hub stores
+    non-distilled DeiT); needs transformers."""
+    import transformers
+
+    cls = transformers.DeiTConfig if distilled else transformers.ViTConfig
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        image_size=32,
+        patch_size=8,
+        num_labels=10,
+        layer_norm_eps=1e-6,
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)

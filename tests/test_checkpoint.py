@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 import fastdeit
 from fastdeit.checkpoint import hf_to_timm, read_checkpoint, timm_to_hf
 from fastdeit.models import resample_pos_embed
-from tests.helpers import small_model
+from tests.helpers import hf_config, small_model
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -94,25 +94,10 @@ def test_safetensors_and_save_pretrained(tmp_path, src):
     _assert_same_weights(src, via_create)
 
 
-def _hf_config(distilled: bool, **kw):
-    cls = transformers.DeiTConfig if distilled else transformers.ViTConfig
-    return cls(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=256,
-        image_size=32,
-        patch_size=8,
-        num_labels=10,
-        layer_norm_eps=1e-6,
-        **kw,
-    )
-
-
 def test_hf_hub_files_load(tmp_path):
     """HF's own save_pretrained writes the Hub's key names (attention.attention.query, ...)."""
     torch.manual_seed(0)
-    hf = transformers.DeiTForImageClassificationWithTeacher(_hf_config(True)).eval()
+    hf = transformers.DeiTForImageClassificationWithTeacher(hf_config(True)).eval()
     hf.save_pretrained(tmp_path / "hf")
     dst = small_model(distilled=True).eval()
     assert fastdeit.load_checkpoint(dst, tmp_path / "hf").format == "huggingface"
@@ -128,7 +113,7 @@ def test_hf_hub_files_load(tmp_path):
 
 def test_hf_classifier_without_teacher_head(tmp_path):
     """DeiTForImageClassification has a dist token but one head: strict load names what is missing."""
-    hf = transformers.DeiTForImageClassification(_hf_config(True))
+    hf = transformers.DeiTForImageClassification(hf_config(True))
     hf.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match=r"missing keys: \['head_dist.bias', 'head_dist.weight'\]"):
         fastdeit.load_checkpoint(small_model(distilled=True), tmp_path / "hf")

@@ -11,7 +11,7 @@ from torch import nn
 import fastdeit
 from fastdeit.layers import Block
 from tests.conftest import DEVICE
-from tests.helpers import small_model
+from tests.helpers import hf_config, small_model
 
 transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -21,20 +21,10 @@ ATOL = 1e-4 if DEVICE == "cpu" else 2e-2
 
 
 def _hf(distilled: bool):
-    cfg_cls = transformers.DeiTConfig if distilled else transformers.ViTConfig
     model_cls = (
         transformers.DeiTForImageClassificationWithTeacher if distilled else transformers.ViTForImageClassification
     )
-    cfg = cfg_cls(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        image_size=32,
-        patch_size=8,
-        num_labels=10,
-        layer_norm_eps=1e-6,
-    )
+    cfg = hf_config(distilled, intermediate_size=128)
     return model_cls(cfg).eval().to(DEVICE)
 
 

@@ -9,7 +9,7 @@ One node, 8 GPUs (global batch = 8 x batch_size; the lr is scaled by global batc
 Two nodes (run on each; NODE0 is the first node's address; --output-dir on a shared filesystem):
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint NODE0:29500 --rdzv-id deit \
         train/train.py --config train/configs/deit_base.yaml --data /data/imagenet ...
-Fine-tune at 384:   ... --config train/configs/deit_base_384_finetune.yaml --finetune runs/deit_base/ckpt_XXX.pt
+Fine-tune at 384:   ... --config train/configs/deit_base_384_finetune.yaml --finetune runs/deit_base/ckpt_<step>.pt
 Resume a run:       the same command plus --resume auto (the latest checkpoint in --output-dir)
 Evaluate:           python train/train.py --data /data/imagenet --model ... --eval-only --resume CKPT
 CPU, 2 processes:   torchrun --standalone --nproc_per_node 2 train/train.py --config train/configs/digits_student.yaml

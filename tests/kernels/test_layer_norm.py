@@ -14,6 +14,8 @@ from fastdeit.kernels.layer_norm import (
     layer_norm_ref,
 )
 
+from tests.helpers import assert_compile_matches_eager
+
 EPS = 1e-6
 # The atol, picked by the dtype of the checked tensor, only matters where the same-dtype torch error is ~0; one unit
 # in the last place at 1.0 for 16-bit dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the
@@ -242,16 +244,7 @@ def test_torch_compile_fullgraph(device):
 
     inputs = [torch.randn(2, 9, 64, device=device), torch.randn(2, 9, 64, device=device)]
     inputs += [torch.randn(64, device=device), torch.randn(64, device=device)]
-    eager_inputs = [t.clone().requires_grad_() for t in inputs]
-    compiled_inputs = [t.clone().requires_grad_() for t in inputs]
-    torch._dynamo.reset()
-    compiled = torch.compile(block, fullgraph=True)
-    loss_eager, loss_compiled = block(*eager_inputs), compiled(*compiled_inputs)
-    torch.testing.assert_close(loss_compiled, loss_eager)
-    grads_eager = torch.autograd.grad(loss_eager, eager_inputs)
-    grads_compiled = torch.autograd.grad(loss_compiled, compiled_inputs)
-    for g_compiled, g_eager in zip(grads_compiled, grads_eager, strict=True):
-        torch.testing.assert_close(g_compiled, g_eager)
+    assert_compile_matches_eager(block, inputs)
 
 
 @pytest.mark.gpu
