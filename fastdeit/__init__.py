@@ -17,6 +17,7 @@ _LAZY = {
     "ops": ("fastdeit.ops", None),
     "patch": ("fastdeit.patching", "patch"),
     "Predictor": ("fastdeit.predict", "Predictor"),
+    "export_model": ("fastdeit.export", "export_model"),
 }
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "VisionTransformer",
     "__version__",
     "create_model",
+    "export_model",
     "from_pretrained",
     "list_models",
     "load_checkpoint",
