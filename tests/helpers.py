@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 
 import fastdeit
@@ -52,3 +53,26 @@ def hf_config(distilled: bool, **overrides: Any) -> Any:
     )
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+# --- the kernels' pass rule: error vs an fp64 reference no worse than 2x the same-dtype torch error + atol ----------
+# The atol, picked by the dtype of the checked tensor, only matters where the same-dtype torch error is ~0; one unit
+# in the last place at 1.0 for 16-bit dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the
+# summation order.
+KERNEL_ATOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
+# bf16 only on a GPU: under the Triton interpreter tl.dot on bf16 is wrong (triton 3.9).
+FLOAT_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| in fp64 (0 for empty tensors)."""
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_within_2x(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor) -> None:
+    """`ours` has `same_dtype`'s shape and dtype, and an error vs `exact` of at most 2x same_dtype's + atol."""
+    assert ours.shape == exact.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(exact.shape)}"
+    assert ours.dtype == same_dtype.dtype, f"{name}: dtype {ours.dtype} != {same_dtype.dtype}"
+    atol = KERNEL_ATOL[ours.dtype]
+    ours_err, torch_err = max_err(ours, exact), max_err(same_dtype, exact)
+    assert ours_err <= 2 * torch_err + atol, f"{name}: error {ours_err:.3g} vs torch's {torch_err:.3g} (atol {atol})"

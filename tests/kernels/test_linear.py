@@ -17,13 +17,11 @@ from fastdeit.kernels.linear import (
     linear_ref,
 )
 
-from tests.helpers import assert_compile_matches_eager
-
-# The atol, picked by the dtype of the checked tensor, only matters where the same-dtype torch error is ~0; one unit
-# in the last place at 1.0 for 16-bit dtypes, and ~100 fp32 ulps at 1.0 for fp32, whose error depends on the
-# summation order.
-ATOL = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}
-FLOAT_DTYPES = [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
+from tests.helpers import (
+    FLOAT_DTYPES,
+    assert_compile_matches_eager,
+    assert_within_2x,
+)
 
 
 @pytest.fixture(params=["triton", "cublas"])
@@ -31,18 +29,6 @@ def path(request, monkeypatch):
     """Run the test once through the fused Triton matmul and once through addmm + the Triton epilogue kernel."""
     monkeypatch.setattr(linear_module, "_use_triton_matmul", lambda M, N, K, dtype: request.param == "triton")
     return request.param
-
-
-def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-
-
-def _assert_close(name: str, ours: torch.Tensor, same_dtype: torch.Tensor, exact: torch.Tensor) -> None:
-    assert ours.shape == exact.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(exact.shape)}"
-    assert ours.dtype == same_dtype.dtype, f"{name}: dtype {ours.dtype} != {same_dtype.dtype}"
-    atol = ATOL[ours.dtype]
-    ours_err, torch_err = _max_err(ours, exact), _max_err(same_dtype, exact)
-    assert ours_err <= 2 * torch_err + atol, f"{name}: error {ours_err:.3g} vs torch's {torch_err:.3g} (atol {atol})"
 
 
 def _run(fn, inputs: dict, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -65,9 +51,9 @@ def _check_against_ref(x, weight, bias, activation, residual, grad=None, referen
     ours, dours = _run(linear, inputs, grad)
     same, dsame = _run(linear_ref, inputs, grad)
     exact, dexact = _run(linear_ref, exact_inputs, grad.to(reference_dtype))
-    _assert_close("out", ours, same, exact)
+    assert_within_2x("out", ours, same, exact)
     for name in dexact:
-        _assert_close(f"d{name}", dours[name], dsame[name], dexact[name])
+        assert_within_2x(f"d{name}", dours[name], dsame[name], dexact[name])
 
 
 CASES = [
