@@ -8,7 +8,7 @@ Method:
   (`model.to(dtype)`), as a deployment would. Training: mixed precision as in the DeiT recipe and timm's AMP,
   fp32 weights and optimizer, forward and loss under `torch.autocast(dtype)` (fp32 runs without autocast).
   No gradient scaler: it costs the same for every provider, and fp16 overflow does not change the timing.
-- Batch: the largest that fits (`batch_size.find_max_batch`, up to `max_batch`, cached), or the one given.
+- Batch: the largest that fits (`fastdeit.batch_size.find_max_batch`, up to `max_batch`, cached), or the one given.
   The CPU has no out-of-memory signal worth probing: a small fixed batch (8) there.
 - Timing: `warmup` calls (the first also autotunes or compiles), then `repeats` runs of back-to-back steps timed
   with CUDA events (perf_counter on the CPU), each run long enough to take `min_time` seconds; the median run is
@@ -31,9 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 import fastdeit
+from fastdeit.batch_size import BatchSizeCache, find_max_batch, free_memory, is_oom
 from fastdeit.models import model_config
 
-from .batch_size import BatchSizeCache, find_max_batch, free_memory, is_oom
 from .common import (
     Row,
     append_rows,

@@ -135,7 +135,7 @@ class Provider:
         modes: the modes it supports.
         probe_as: measure with the batch size found for this (eager) provider. Compiled and graphed variants reuse
             it instead of recompiling at every probed size, and fastdeit's Triton providers reuse their torch twin's
-            so the autotuners (keyed on the matrix widths, not the batch) first see the batch that is measured.
+            so the probe does not run the Triton autotuners at every size it tries.
         compile: wrap the model in torch.compile (default mode).
         cuda_graph: capture the forward in a CUDA graph.
         hugging_face: the model takes `pixel_values=` and returns an output object.

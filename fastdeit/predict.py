@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from fastdeit.batch_size import BatchSizeCache, default_cache_path, free_memory, is_oom
 from fastdeit.checkpoint import from_pretrained, load_checkpoint
 from fastdeit.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from fastdeit.data import DataWarning, build_predict_loader, dali_available
@@ -611,10 +612,8 @@ class Predictor:
 
         Powers of two only (no bisection to the exact limit) leave headroom for what the probe does not see: DALI's
         decoding buffers and the CUDA graph's memory pool. They are tried from MAX_BATCH down, halving on out of
-        memory, rather than doubling up: the Triton linear kernels autotune on the first batch they run (their key
-        is the matrix widths, not the row count), and that should be the batch the run uses.
+        memory, rather than doubling up, so the first size that fits is the one used (and autotuned for).
         """
-        from fastdeit.benchmarks.batch_size import BatchSizeCache, default_cache_path, free_memory, is_oom
 
         cache = BatchSizeCache(default_cache_path().with_name("predict_batch_sizes.json"))
         config = json.dumps(getattr(self.model, "model_config", None), sort_keys=True, default=str)

@@ -12,12 +12,12 @@ import types
 import pytest
 import torch
 from fastdeit.benchmarks import kernels
-from fastdeit.benchmarks.batch_size import BatchSizeCache, find_max_batch, is_oom
 from fastdeit.benchmarks.common import CSV_COLUMNS, Row, append_rows, latest_rows, parse_dtype, read_rows
 from fastdeit.benchmarks.models import BenchConfig, Measurement, format_table, resolve_models
 from fastdeit.benchmarks.plot import plot_results
 from fastdeit.benchmarks.providers import PROVIDERS, XformersAttention, check_providers
 
+from fastdeit.batch_size import BatchSizeCache, find_max_batch, is_oom
 from fastdeit.cli import main
 from fastdeit.layers import Attention
 

@@ -91,7 +91,7 @@ def _summary(csv: Path, which: str) -> str:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from fastdeit.benchmarks.batch_size import BatchSizeCache
+    from fastdeit.batch_size import BatchSizeCache
     from fastdeit.benchmarks.common import parse_dtype
     from fastdeit.benchmarks.models import BenchConfig, ModelBenchmark, environment_header, format_table, resolve_models
     from fastdeit.benchmarks.providers import check_providers

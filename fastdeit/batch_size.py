@@ -1,4 +1,5 @@
-"""The largest batch that fits, as the DeiT paper measures throughput: double until out of memory, then bisect.
+"""The largest batch that fits (used by the benchmarks, as the DeiT paper measures throughput, and by the Predictor):
+double until out of memory, then bisect.
 
 Probing costs one step per tried size, so results are cached in a JSON file under ~/.cache/fastdeit (or
 $XDG_CACHE_HOME/fastdeit), keyed by what changes memory use: model, provider, mode, dtype, image size, teacher, GPU.
