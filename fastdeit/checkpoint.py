@@ -259,6 +259,20 @@ def load_checkpoint(
     mismatches always raise; missing/unexpected keys raise when `strict`, listing them.
     """
     sd, fmt = read_checkpoint(path, use_ema=use_ema)
+    return load_state_dict(model, sd, fmt=fmt, path=path, strict=strict, drop_head=drop_head)
+
+
+def load_state_dict(
+    model: VisionTransformer,
+    sd: StateDict,
+    *,
+    fmt: str,
+    path: str | os.PathLike,
+    strict: bool = True,
+    drop_head: bool = False,
+) -> LoadResult:
+    """`load_checkpoint` for a state dict already read by `read_checkpoint(path)` (timm names); `sd` is adapted
+    in place (resampled pos_embed, dropped head)."""
     result = LoadResult(format=fmt, path=str(path))
     own = model.state_dict()
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 import fastdeit
-from fastdeit.checkpoint import read_checkpoint
+from fastdeit.checkpoint import load_state_dict, read_checkpoint
 from fastdeit.models import VisionTransformer
 from fastdeit.models.convnet import create_convnet, is_convnet, load_convnet_weights
 
@@ -40,13 +40,6 @@ def build_model(
     )
 
 
-def checkpoint_num_classes(path: str | os.PathLike) -> int | None:
-    """The class count of the head stored in weights file `path` (None when it has no head)."""
-    state, _ = read_checkpoint(path)
-    head = state.get("head.weight")
-    return None if head is None else int(head.shape[0])
-
-
 def load_finetune_weights(model: nn.Module, path: str | os.PathLike, *, allow_new_head: bool = True) -> str:
     """Start `model` from the weights in `path` (any format fastdeit reads). Returns what was done, for the log.
 
@@ -57,9 +50,11 @@ def load_finetune_weights(model: nn.Module, path: str | os.PathLike, *, allow_ne
     if not isinstance(model, VisionTransformer):
         load_convnet_weights(model, path)
         return f"loaded {path}"
-    stored = checkpoint_num_classes(path)
+    state, fmt = read_checkpoint(path)  # read once: the head's class count decides how to load
+    head = state.get("head.weight")
+    stored = None if head is None else int(head.shape[0])
     new_head = allow_new_head and stored is not None and stored != model.num_classes
-    result = fastdeit.load_checkpoint(model, path, strict=True, drop_head=new_head)
+    result = load_state_dict(model, state, fmt=fmt, path=path, strict=True, drop_head=new_head)
     notes = [f"loaded {path} ({result.format})"]
     if result.resampled_pos_embed:
         notes.append(f"pos_embed resampled {result.resampled_pos_embed[0]} -> {result.resampled_pos_embed[1]}")
