@@ -5,11 +5,11 @@
 #   bash benchmarks/run_gpu.sh second     ~5 min: kernels, timm + compile training, CUDA test suite, other models...
 #   bash benchmarks/run_gpu.sh STAGE...   the named stages only (install first), e.g. what a budget skipped
 #
-# With the device tool, from the repository root (the device gets the working tree without .git, so the sha
-# travels in the environment; add "+dirty" by hand if the tree had uncommitted changes), carrying the xformers
-# wheel (carry: [".whl"]; only the kernels, inference-peers and training-peers stages use it), timeout_s 400:
-#       FASTDEIT_GIT_SHA=$(git rev-parse --short=12 HEAD) bash benchmarks/run_gpu.sh first
-# Stage limits, expected and measured times: benchmarks/NOTES.md ("GPU visit").
+# With the device tool, from the repository root, carrying the xformers wheel (carry: [".whl"]; only the kernels,
+# inference-peers and training-peers stages use it), timeout_s 400. The device gets the working tree without .git,
+# so the sha travels in the environment: take it here (`git rev-parse --short=12 HEAD`) and write its value in:
+#       FASTDEIT_GIT_SHA=<sha> bash benchmarks/run_gpu.sh first
+# The whole procedure, the stage limits and the expected and measured times: benchmarks/NOTES.md ("GPU visit").
 #
 # Environment: OUT (results folder, default ./gpu_out), FASTDEIT_GIT_SHA, PYTHON (default python3),
 # FASTDEIT_BUDGET_S (wall seconds for this call, summary included; default 360 for `first`, 300 otherwise: a stage
