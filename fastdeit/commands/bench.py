@@ -62,6 +62,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     kernels.add_argument("--ops", nargs="+", metavar="OP", help="ops (default all)")
     kernels.add_argument("--directions", nargs="+", metavar="DIR", help="fwd bwd fwd+bwd (default all)")
     kernels.add_argument("--full", action="store_true", help="the whole DeiT shape grid, not the quick set")
+    roofline = p.add_argument_group("roofline (floors counted from the architecture; no model is run)")
+    roofline.add_argument(
+        "--roofline",
+        action="store_true",
+        help="per op and model: FLOPs, fewest bytes, floor time and img/s of fastdeit's fused schedule and timm's "
+        "unfused one (uses --models --mode --batch-size (default 256) --dtype --img-size --teacher; with --csv "
+        "rows measured on an H100/H200/A100, the achieved share of the floor)",
+    )
+    roofline.add_argument(
+        "--gpu", choices=("h100", "h200", "a100"), default="h100", help="--roofline: the GPU's ceilings (default h100)"
+    )
     out = p.add_argument_group("results")
     out.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"results CSV (default {DEFAULT_CSV})")
     out.add_argument("--no-csv", action="store_true", help="print only, append no rows")
@@ -133,6 +144,10 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.roofline:
+        from fastdeit.benchmarks.roofline import run_from_args as run_roofline
+
+        return run_roofline(args)
     if args.summary or args.plot:
         if args.summary:
             print(_summary(args.csv, args.summary))
