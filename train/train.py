@@ -39,7 +39,7 @@ from tqdm import tqdm
 from fastdeit.data import Mixup, RandomErasing, build_loader
 from fastdeit.data.common import derive_seed
 from fastdeit.losses import DistillationLoss, build_criterion
-from fastdeit.teachers import load_teacher
+from fastdeit.training.teachers import load_teacher
 from fastdeit.training import (
     CheckpointManager,
     ConfigError,

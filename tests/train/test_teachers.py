@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.teachers import load_teacher
+from fastdeit.training.teachers import load_teacher
 from fastdeit.training.checkpoints import checkpoint_name
 from tests.train.helpers import write_convnet_teacher
 
@@ -63,7 +63,7 @@ def test_class_count_mismatch_is_caught_by_a_dummy_forward(tmp_path: Path):
 def test_missing_and_unusable_files(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="teacher_path not found"):
         load_teacher(tmp_path / "nope.pt", **LOAD)
-    with pytest.raises(FileNotFoundError, match="folder without ckpt_<step>.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nor a training run folder \(no ckpt_<step>.pt\)"):
         load_teacher(tmp_path, **LOAD)
     torch.save(create_convnet("convnet_tiny").state_dict(), tmp_path / "weights.pt")
     with pytest.raises(ValueError, match="without an architecture.*--teacher-model"):
