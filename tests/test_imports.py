@@ -19,6 +19,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import fastdeit
 import fastdeit.benchmarks
 import fastdeit.kernels
@@ -197,3 +199,30 @@ def test_no_import_cycles():
     assert not cycles, "import cycles between fastdeit modules:\n  " + "\n  ".join(
         describe(c, graph) for c in cycles
     )
+
+
+# Which fastdeit modules each inner package may import besides its own: the layers of the house, bottom up. The
+# package root (`import fastdeit`) is the public face for users; nothing inside the library imports it.
+ALLOWED_BELOW = {
+    "fastdeit.layers": ("fastdeit.ops", "fastdeit.kernels"),
+    "fastdeit.models": ("fastdeit.layers", "fastdeit.constants", "fastdeit.io", "fastdeit._version"),
+    "fastdeit.training": ("fastdeit.models", "fastdeit.data", "fastdeit.losses", "fastdeit.io", "fastdeit.constants"),
+}
+
+
+def _is_under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_BELOW))
+def test_inner_packages_import_only_what_is_below_them(package):
+    graph = import_graph()
+    allowed = (package, *ALLOWED_BELOW[package])
+    wrong = sorted(
+        f"{module} (line {line}) imports {target}"
+        for module, edges in graph.items()
+        if _is_under(module, package)
+        for target, (line, _) in edges.items()
+        if not any(_is_under(target, a) for a in allowed)
+    )
+    assert not wrong, f"{package} may import only {allowed}:\n  " + "\n  ".join(wrong)

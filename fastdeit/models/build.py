@@ -16,6 +16,7 @@ safetensors) need the model name; their image size and class count are read off 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -39,6 +40,8 @@ from fastdeit.models.config import ARCHITECTURE_FIELDS, VisionTransformerConfig
 from fastdeit.models.convnet import ConvNet, ConvNetConfig, create_convnet, is_convnet
 from fastdeit.models.deit import VisionTransformer
 from fastdeit.models.registry import MODEL_CONFIGS, list_models, model_config
+
+logger = logging.getLogger(__name__)
 
 _WEIGHTS_NAME = "model.safetensors"
 _CONFIG_FIELDS = {f for f in VisionTransformerConfig.__dataclass_fields__ if f != "name"}
@@ -82,7 +85,11 @@ def _config_for(
             f"{where} holds {recorded.describe()}, not a DeiT: create_model builds DeiT models "
             f"({', '.join(list_models())}); fastdeit.models.load_model builds convnets too"
         )
-    named = VisionTransformerConfig(name=name, **model_config(name)) if name is not None else None
+    # The caller's architecture: the name's, with the fields asked for (timm-style overrides).
+    named = None
+    if name is not None:
+        asked_architecture = {f: requested[f] for f in ARCHITECTURE_FIELDS if f in requested}
+        named = VisionTransformerConfig(name=name, **{**model_config(name), **asked_architecture})
     if recorded is None and named is None:
         if ckpt is not None and ckpt.unsupported:
             raise ValueError(ckpt.unsupported)
@@ -117,15 +124,14 @@ def _config_for(
             )
     changes = dict(requested)
     if "img_size" in known and "img_size" not in changes:
-        size = tuple(known["img_size"])
-        # A name other than the checkpoint's own says which size the caller expects: never resample silently.
-        if named is not None and (recorded is None or recorded.name != name) and named.img_size != size:
-            raise ValueError(
-                f"{where} holds weights for {size[0]}x{size[1]} images but {name} is a {named.img_size[0]}x"
-                f"{named.img_size[1]} model: pass img_size={named.img_size[0]} to resample its position embedding, "
-                f"or img_size={size[0]} to build the model at the checkpoint's size"
-            )
-        changes["img_size"] = size
+        # The checkpoint's size, whatever the name's: resampling the position embedding changes the model's
+        # outputs, so it happens only when img_size is asked for.
+        changes["img_size"] = tuple(known["img_size"])
+        if named is not None and named.img_size != changes["img_size"]:
+            logger.info(
+                "%s: building %s at the checkpoint's %s px (the name's size is %s; pass img_size to resample)",
+                where, name, changes["img_size"], named.img_size,
+            )  # fmt: skip
     changes.setdefault("num_classes", known.get("num_classes", base.num_classes))
     if "class_names" not in changes:
         keeps_head = ckpt is not None and not drop_head and changes["num_classes"] == known.get("num_classes")
@@ -155,8 +161,9 @@ def create_model(
             and class count.
         num_classes: classifier size (0: no head, `forward` returns pre-logits features); default the checkpoint's,
             else 1000. Another count than the checkpoint's needs `drop_head`.
-        img_size: input size; default the checkpoint's, else the name's. A checkpoint of another size has its
-            position embedding resampled (bicubic, over the patch grid; cls/dist tokens kept).
+        img_size: input size; default the checkpoint's (whatever the name's), else the name's. Given, a checkpoint
+            of another size has its position embedding resampled (bicubic, over the patch grid; cls/dist tokens
+            kept).
         backend: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "triton" or "torch".
         drop_path_rate: stochastic depth rate of the last block (linear in depth).
         drop_head: load a checkpoint whose head has another class count, keeping this model's fresh head.
