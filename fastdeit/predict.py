@@ -587,7 +587,9 @@ class Predictor:
         """
 
         cache = BatchSizeCache(default_cache_path().with_name("predict_batch_sizes.json"))
-        config = json.dumps(getattr(self.model, "model_config", None), sort_keys=True, default=str)
+        # The architecture decides the memory; the class names do not (and would make the key kilobytes long).
+        architecture = {k: v for k, v in self.model.model_config.items() if k != "class_names"}
+        config = json.dumps(architecture, sort_keys=True, default=str)
         key = BatchSizeCache.key(
             "predict", self.model_name, config, self.img_size, self.embed_dim, _dtype_name(self.dtype),
             getattr(self.model, "backend", "?"), torch.cuda.get_device_name(self.device),

@@ -19,11 +19,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import fastdeit.benchmarks
+import fastdeit.kernels
 import pytest
 
 import fastdeit
-import fastdeit.benchmarks
-import fastdeit.kernels
 
 ROOTS = {
     "fastdeit": Path(fastdeit.__file__).parent,
@@ -97,7 +97,8 @@ def import_graph() -> dict[str, dict[str, tuple[int, bool]]]:
         edges: dict[str, tuple[int, bool]] = {}
         for name, line, in_function in _imported_names(tree, module, path.name == "__init__.py"):
             # "from a.b import c": the submodule a.b.c when it is one, else the module a.b (c is an attribute).
-            target = name if name in modules else name.rpartition(".")[0] if name.rpartition(".")[0] in modules else None
+            parent = name.rpartition(".")[0]
+            target = name if name in modules else parent if parent in modules else None
             if target is None or target == module:
                 continue
             if target not in edges or (edges[target][1] and not in_function):  # a module-level edge wins
@@ -196,9 +197,7 @@ def test_find_cycles_reports_module_and_function_level_cycles():
 def test_no_import_cycles():
     graph = import_graph()
     cycles = find_cycles(graph)
-    assert not cycles, "import cycles between fastdeit modules:\n  " + "\n  ".join(
-        describe(c, graph) for c in cycles
-    )
+    assert not cycles, "import cycles between fastdeit modules:\n  " + "\n  ".join(describe(c, graph) for c in cycles)
 
 
 # Which fastdeit modules each inner package may import besides its own: the layers of the house, bottom up. The

@@ -16,7 +16,6 @@ safetensors) need the model name; their image size and class count are read off 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -36,12 +35,10 @@ from fastdeit.models.checkpoint import (
     read_checkpoint,
     timm_to_hf,
 )
-from fastdeit.models.config import ARCHITECTURE_FIELDS, VisionTransformerConfig
+from fastdeit.models.config import CHECKED_FIELDS, VisionTransformerConfig
 from fastdeit.models.convnet import ConvNet, ConvNetConfig, create_convnet, is_convnet
 from fastdeit.models.deit import VisionTransformer
 from fastdeit.models.registry import MODEL_CONFIGS, list_models, model_config
-
-logger = logging.getLogger(__name__)
 
 _WEIGHTS_NAME = "model.safetensors"
 _CONFIG_FIELDS = {f for f in VisionTransformerConfig.__dataclass_fields__ if f != "name"}
@@ -73,11 +70,25 @@ def _weights_facts(sd: StateDict) -> dict[str, Any]:
     return facts
 
 
+def _check_name(recorded: VisionTransformerConfig, named: VisionTransformerConfig, where: str) -> None:
+    """A checkpoint recording another model than the name names (with the caller's overrides): ValueError."""
+    differences = [
+        f"{f}: {getattr(recorded, f)!r} vs {getattr(named, f)!r}"
+        for f in _NAMED_FIELDS
+        if getattr(recorded, f) != getattr(named, f)
+    ]
+    if differences:
+        raise ValueError(
+            f"{where} holds {recorded.describe()}, not a {named.name}: {'; '.join(differences)} (checkpoint vs "
+            f"{named.name}); leave out the name to build the checkpoint's model"
+        )
+
+
 def _config_for(
     name: str | None, ckpt: Checkpoint | None, requested: dict[str, Any], drop_head: bool
 ) -> VisionTransformerConfig:
-    """The config of the model to build: the checkpoint's architecture (or the name's) with the caller's `requested`
-    fields. A request that contradicts what the checkpoint records raises ValueError naming both sides."""
+    """The config of the model to build: the checkpoint's (or the name's) with the caller's `requested` fields.
+    A request that contradicts what the checkpoint records raises ValueError naming both sides."""
     where = f"checkpoint {str(ckpt.path)!r}" if ckpt is not None else "create_model"
     recorded = ckpt.config if ckpt is not None else None
     if isinstance(recorded, ConvNetConfig):
@@ -85,16 +96,13 @@ def _config_for(
             f"{where} holds {recorded.describe()}, not a DeiT: create_model builds DeiT models "
             f"({', '.join(list_models())}); fastdeit.models.load_model builds convnets too"
         )
-    # The caller's architecture: the name's, with the fields asked for (timm-style overrides).
-    named = None
-    if name is not None:
-        asked_architecture = {f: requested[f] for f in ARCHITECTURE_FIELDS if f in requested}
-        named = VisionTransformerConfig(name=name, **{**model_config(name), **asked_architecture})
+    checked = {f: requested[f] for f in CHECKED_FIELDS if f in requested}
+    # The caller's model: the name's, with the fields asked for (timm-style overrides).
+    named = VisionTransformerConfig(name=name, **{**model_config(name), **checked}) if name is not None else None
     if recorded is None and named is None:
-        if ckpt is not None and ckpt.unsupported:
-            raise ValueError(ckpt.unsupported)
         raise ValueError(
-            f"{where} holds bare weights that do not record their architecture: pass the model name too "
+            (ckpt.unsupported if ckpt is not None else None)
+            or f"{where} holds bare weights that do not record their architecture: pass the model name too "
             f"(create_model(name, checkpoint=...); one of {', '.join(list_models())})"
         )
     if recorded is None:
@@ -104,34 +112,26 @@ def _config_for(
         known = {"num_classes": recorded.num_classes, "img_size": recorded.img_size}
         base = recorded if recorded.name is not None else recorded.replace(name=_registry_name(recorded))
         if named is not None and recorded.name != name:
-            differences = [
-                f"{f}: {getattr(recorded, f)!r} vs {getattr(named, f)!r}"
-                for f in _NAMED_FIELDS
-                if getattr(recorded, f) != getattr(named, f)
-            ]
-            if differences:
-                raise ValueError(
-                    f"{where} holds {recorded.describe()}, not a {name}: {'; '.join(differences)} (checkpoint vs "
-                    f"{name}); leave out the name to build the checkpoint's model"
-                )
+            _check_name(recorded, named, where)
             base = recorded.replace(name=name)
-        asked = recorded.replace(**{f: requested[f] for f in ARCHITECTURE_FIELDS if f in requested})
-        conflicts = recorded.architecture_differences(asked)
+        conflicts = recorded.differences(recorded.replace(**checked))
         if conflicts:
             raise ValueError(
-                f"{where} holds {recorded.describe()}; asked for another architecture: {'; '.join(conflicts)} "
+                f"{where} holds {recorded.describe()}; asked for another model: {'; '.join(conflicts)} "
                 "(checkpoint vs asked)"
             )
     changes = dict(requested)
     if "img_size" in known and "img_size" not in changes:
-        # The checkpoint's size, whatever the name's: resampling the position embedding changes the model's
-        # outputs, so it happens only when img_size is asked for.
-        changes["img_size"] = tuple(known["img_size"])
-        if named is not None and named.img_size != changes["img_size"]:
-            logger.info(
-                "%s: building %s at the checkpoint's %s px (the name's size is %s; pass img_size to resample)",
-                where, name, changes["img_size"], named.img_size,
-            )  # fmt: skip
+        # Resampling the position embedding changes the outputs: only when asked for. A name says which size the
+        # caller expects (unless it is the checkpoint's own name, whose recorded size is part of its overrides).
+        size = tuple(known["img_size"])
+        if named is not None and (recorded is None or recorded.name != name) and named.img_size != size:
+            raise ValueError(
+                f"{where} holds weights for {size[0]}x{size[1]} images but {name} is a {named.img_size[0]}x"
+                f"{named.img_size[1]} model: pass img_size={named.img_size[0]} to resample its position embedding, "
+                f"or img_size={size[0]} to build the model at the checkpoint's size"
+            )
+        changes["img_size"] = size
     changes.setdefault("num_classes", known.get("num_classes", base.num_classes))
     if "class_names" not in changes:
         keeps_head = ckpt is not None and not drop_head and changes["num_classes"] == known.get("num_classes")
@@ -161,9 +161,9 @@ def create_model(
             and class count.
         num_classes: classifier size (0: no head, `forward` returns pre-logits features); default the checkpoint's,
             else 1000. Another count than the checkpoint's needs `drop_head`.
-        img_size: input size; default the checkpoint's (whatever the name's), else the name's. Given, a checkpoint
-            of another size has its position embedding resampled (bicubic, over the patch grid; cls/dist tokens
-            kept).
+        img_size: input size; default the checkpoint's, else the name's (a name of another size than the
+            checkpoint's raises: say which). A checkpoint of another size than img_size has its position embedding
+            resampled (bicubic, over the patch grid; cls/dist tokens kept).
         backend: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "triton" or "torch".
         drop_path_rate: stochastic depth rate of the last block (linear in depth).
         drop_head: load a checkpoint whose head has another class count, keeping this model's fresh head.
@@ -242,9 +242,11 @@ def load_model(
 
     `model` is a module (used as it is), a model name (`fastdeit.list_models()`, or a convnet of
     `fastdeit.models.convnet`), or a path: a `save_pretrained` or Hugging Face folder, or a training checkpoint file
-    or run folder (its newest readable checkpoint), rebuilt with its architecture and class names. `num_classes`
-    defaults to 1000 for a name and to the model's own otherwise; a model of another class count raises ValueError.
-    `img_size` builds a saved model at another size (its position embedding resampled).
+    or run folder (its newest readable checkpoint), rebuilt with its architecture and class names. A name with a
+    `checkpoint` is built as `create_model(name, checkpoint=...)` does (the checkpoint's class count, names and
+    size, checked against the name). `num_classes` defaults to the checkpoint's or the saved model's, else 1000; a
+    model of another class count raises ValueError. `img_size` builds the model at another size (its position
+    embedding resampled).
     """
     if isinstance(model, nn.Module):
         built = model
@@ -260,8 +262,14 @@ def load_model(
         elif is_convnet(os.fspath(model)):
             built = create_convnet(os.fspath(model), num_classes=10 if num_classes is None else num_classes)
         else:
-            classes = 1000 if num_classes is None else num_classes
-            built = create_model(os.fspath(model), num_classes=classes, img_size=img_size, backend=backend)
+            # With a checkpoint, the model is built as the checkpoint records it (class count, names, size),
+            # checked against the name; the checkpoint is then loaded here, once.
+            classes = 1000 if num_classes is None and checkpoint is None else num_classes
+            built = create_model(
+                os.fspath(model), checkpoint=checkpoint, num_classes=classes, img_size=img_size, backend=backend,
+                use_ema=use_ema,
+            )  # fmt: skip
+            checkpoint = None
     else:
         raise TypeError(
             f"model must be a model name, a path to a saved model or an nn.Module, got {type(model).__name__}"

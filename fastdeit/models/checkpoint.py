@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from fastdeit.models.config import ARCHITECTURE_FIELDS, VisionTransformerConfig
+from fastdeit.models.config import VisionTransformerConfig
 from fastdeit.models.convnet import CONVNET_CONFIGS, ConvNetConfig
 from fastdeit.models.deit import VisionTransformer
 from fastdeit.models.pos_embed import resample_pos_embed
@@ -118,7 +118,9 @@ def load_newest(directory: str | os.PathLike, load: Callable[[Path], T]) -> tupl
         skipped = f", passing over {len(errors)} newer unreadable one(s)" if errors else ""
         logger.info("%s: using %s, the newest of %d checkpoint(s)%s", directory, path.name, len(candidates), skipped)
         return path, loaded
-    raise ValueError(f"none of the {len(candidates)} checkpoints in {str(directory)!r} can be read:\n  " + "\n  ".join(errors))
+    raise ValueError(
+        f"none of the {len(candidates)} checkpoints in {str(directory)!r} can be read:\n  " + "\n  ".join(errors)
+    )
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -198,6 +200,20 @@ def recorded_config(
         raise ValueError(f"{where} records a model config fastdeit cannot read ({name!r}, {config}): {e}") from e
 
 
+def _hf_normalisation(folder: Path) -> dict[str, tuple[float, ...]]:
+    """mean and std of a Hugging Face folder's image processor (preprocessor_config.json), where it has one."""
+    file = folder / "preprocessor_config.json"
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(file)!r} is not valid JSON: {e}") from e
+    if not isinstance(data, dict) or "image_mean" not in data or "image_std" not in data:
+        return {}
+    return {"mean": tuple(data["image_mean"]), "std": tuple(data["image_std"])}
+
+
 def _read_folder_config(
     folder: Path,
 ) -> tuple[VisionTransformerConfig | ConvNetConfig | None, str | None, str | None]:
@@ -220,7 +236,7 @@ def _read_folder_config(
             fields = VisionTransformerConfig.fields_from_hf_config(data, str(file))
         except ValueError as e:  # the weights may still load into a model the caller builds
             return None, "huggingface", str(e)
-        return VisionTransformerConfig(**fields), "huggingface", None
+        return VisionTransformerConfig(**fields, **_hf_normalisation(folder)), "huggingface", None
     raise ValueError(
         f"{str(file)!r} is neither a fastdeit save_pretrained config (format: fastdeit) nor a Hugging Face one "
         f"(model_type); its keys: {sorted(data)[:10]}"
@@ -435,7 +451,7 @@ def _check_recorded_facts(model: nn.Module, ckpt: Checkpoint, drop_head: bool) -
         theirs = ckpt.config.describe() if ckpt.config is not None else _describe(ckpt.state_dict)
         raise ValueError(f"{where} holds another architecture: {theirs}; the model is {_describe_module(model)}")
     if isinstance(ckpt.config, VisionTransformerConfig) and isinstance(own, VisionTransformerConfig):
-        differences = ckpt.config.architecture_differences(own)
+        differences = ckpt.config.differences(own)
         if differences:
             raise ValueError(
                 f"{where} holds {ckpt.config.describe()}; the model is {own.describe()}. Differences (checkpoint vs "
@@ -477,7 +493,8 @@ def load_state_dict(model: nn.Module, ckpt: Checkpoint, *, strict: bool = True, 
                 theirs = ckpt.config.describe() if ckpt.config is not None else _describe(sd)
                 raise ValueError(
                     f"checkpoint {str(path)!r} has a head on {head.shape[1]} features, the model's is on "
-                    f"{own_head.shape[1]}: another architecture (checkpoint: {theirs}; model: {_describe_module(model)})"
+                    f"{own_head.shape[1]}: another architecture (checkpoint: {theirs}; model: "
+                    f"{_describe_module(model)})"
                 )
             got = head.shape[0] if head is not None else "?"
             raise ValueError(

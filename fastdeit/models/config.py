@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastdeit.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 
-# Fields that change what the weights compute: a checkpoint and a model must agree on all of them.
-ARCHITECTURE_FIELDS = (
+# Fields that change what the weights compute (architecture, LayerNorm eps) or what inputs they expect (the
+# normalisation): a checkpoint and a model must agree on all of them.
+CHECKED_FIELDS = (
     "patch_size",
     "in_chans",
     "embed_dim",
@@ -27,6 +29,8 @@ ARCHITECTURE_FIELDS = (
     "qkv_bias",
     "distilled",
     "layer_norm_eps",
+    "mean",
+    "std",
 )
 
 
@@ -135,11 +139,11 @@ class VisionTransformerConfig:
         )
         return f"{self.name or 'custom VisionTransformer'} ({arch})"
 
-    def architecture_differences(self, other: VisionTransformerConfig) -> list[str]:
-        """`field: self's value vs other's` for every architecture field where the two differ."""
+    def differences(self, other: VisionTransformerConfig) -> list[str]:
+        """`field: self's value vs other's` for every field of CHECKED_FIELDS where the two differ."""
         return [
             f"{f}: {getattr(self, f)!r} vs {getattr(other, f)!r}"
-            for f in ARCHITECTURE_FIELDS
+            for f in CHECKED_FIELDS
             if getattr(self, f) != getattr(other, f)
         ]
 
@@ -224,6 +228,44 @@ class VisionTransformerConfig:
             "layer_norm_eps": float(hf.get("layer_norm_eps", 1e-12)),
             "class_names": None if headless or placeholder or not names else names,
         }
+
+
+class RecordsConfig:
+    """What every fastdeit model reads from its `config` (a frozen dataclass with name, num_classes and class_names,
+    set by the model's constructor): a mixin for the model classes, listed before nn.Module."""
+
+    # No class-level annotations here: torch.jit.script (a teacher may be a TorchScript file) would compile them
+    # as attribute types. It leaves these Python-side properties alone.
+    __jit_unused_properties__ = ["num_classes", "class_names", "model_name", "model_config"]
+    # Config fields the name gives, left out of `model_config`.
+    _fields_of_the_name = ("name",)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The name of each head output, or None when unknown."""
+        return self.config.class_names
+
+    @property
+    def model_name(self) -> str:
+        """The name the architecture started from (`fastdeit.list_models()`, a convnet's), else the class name."""
+        return self.config.name or type(self).__name__
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """`config.to_dict()` without what the name gives (plain types): `create_model(model_name, **model_config)`
+        (`create_convnet` for a convnet) rebuilds the model; train.py stores it in its checkpoints."""
+        out = self.config.to_dict()
+        for field in self._fields_of_the_name:
+            del out[field]
+        return out
+
+    def set_class_names(self, names: Sequence[str] | None) -> None:
+        """Record the name of each head output (None: unknown); one name per class."""
+        self.config = dataclasses.replace(self.config, class_names=None if names is None else tuple(names))
 
 
 def _preview(names: tuple[str, ...] | list[str], limit: int = 8) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastdeit.models.config import RecordsConfig
 
 # Channel widths of each stage; one stage per entry, each halving the resolution after the first.
 CONVNET_CONFIGS: dict[str, dict[str, Any]] = {
@@ -61,12 +62,11 @@ def _conv_bn_relu(in_chans: int, out_chans: int) -> list[nn.Module]:
     return [nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False), nn.BatchNorm2d(out_chans), nn.ReLU(inplace=True)]
 
 
-class ConvNet(nn.Module):
+class ConvNet(RecordsConfig, nn.Module):
     """Images (B, in_chans, H, W) -> logits (B, num_classes). `fields` are `ConvNetConfig` fields; `model.config`
     records them."""
 
-    # Python-side metadata: torch.jit.script (a teacher may be a TorchScript file) leaves these properties alone.
-    __jit_unused_properties__ = ["num_classes", "class_names", "model_name", "model_config"]
+    _fields_of_the_name = ("name", "widths")
 
     def __init__(self, config: ConvNetConfig | None = None, **fields: Any) -> None:
         super().__init__()
@@ -85,30 +85,6 @@ class ConvNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        return self.config.class_names
-
-    @property
-    def model_name(self) -> str:
-        return self.config.name or type(self).__name__
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        """`config.to_dict()` without name and widths (both given by the name): `create_convnet(model_name,
-        **model_config)` rebuilds the model; train.py stores it in its checkpoints."""
-        out = self.config.to_dict()
-        del out["name"], out["widths"]
-        return out
-
-    def set_class_names(self, names: Sequence[str] | None) -> None:
-        """Record the name of each head output (None: unknown); one name per class."""
-        self.config = dataclasses.replace(self.config, class_names=None if names is None else tuple(names))
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names trained without weight decay besides the 1-D ones (norms, biases): none here."""

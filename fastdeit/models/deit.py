@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,11 +19,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastdeit.layers import Attention, Block, LayerNorm, Mlp, PatchEmbed, check_backend
-from fastdeit.models.config import VisionTransformerConfig
+from fastdeit.models.config import RecordsConfig, VisionTransformerConfig
 from fastdeit.models.pos_embed import resample_pos_embed
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(RecordsConfig, nn.Module):
     """DeiT / ViT classifier. Input (B, in_chans, H, W) -> logits (B, num_classes).
 
     With `distilled=True` the model carries a distillation token and a second head; in training with
@@ -106,15 +106,6 @@ class VisionTransformer(nn.Module):
         return cls(config, backend=backend)
 
     @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...] | None:
-        """The name of each head output, or None when unknown."""
-        return self.config.class_names
-
-    @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
@@ -125,19 +116,6 @@ class VisionTransformer(nn.Module):
     @property
     def distilled(self) -> bool:
         return self.config.distilled
-
-    @property
-    def model_name(self) -> str:
-        """The `fastdeit.list_models()` name the architecture started from ("VisionTransformer" if none)."""
-        return self.config.name or type(self).__name__
-
-    @property
-    def model_config(self) -> dict[str, Any]:
-        """`config.to_dict()` without the name (plain types): `create_model(model_name, **model_config)` rebuilds
-        the model; train.py stores it in its checkpoints."""
-        out = self.config.to_dict()
-        del out["name"]
-        return out
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
@@ -152,10 +130,6 @@ class VisionTransformer(nn.Module):
             "std": c.std,
             "num_classes": c.num_classes,
         }
-
-    def set_class_names(self, names: Sequence[str] | None) -> None:
-        """Record the name of each head output (None: unknown); one name per class."""
-        self.config = self.config.replace(class_names=None if names is None else tuple(names))
 
     def _init_weights(self) -> None:
         # As timm: truncated normal(0.02) for weights and embeddings, tiny normal for the cls token.

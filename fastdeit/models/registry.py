@@ -21,6 +21,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "deit_base_distilled_patch16_384": dict(_BASE, img_size=384, distilled=True),
 }
 
+
 def list_models() -> list[str]:
     """The names of the DeiT models fastdeit builds (timm's names)."""
     return sorted(MODEL_CONFIGS)

@@ -69,7 +69,7 @@ def test_training_checkpoint_file_rebuilds_architecture_and_class_names(tmp_path
         fastdeit.create_model("deit_tiny_distilled_patch16_224", checkpoint=path, backend="torch"),
         fastdeit.load_model(path, backend="torch"),
     ):
-        assert model.config.architecture_differences(src.config) == []
+        assert model.config.differences(src.config) == []
         assert model.img_size == (48, 48) and model.num_classes == 10 and model.class_names == CLASSES
         assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
         _same_outputs(model, src, 48)
@@ -98,6 +98,8 @@ def test_predictor_takes_class_names_from_the_model(tmp_path):
     write_training_checkpoint(tmp_path / checkpoint_name(7), small_model(distilled=False))
     pred = fastdeit.Predictor(tmp_path, device="cpu").predict(torch.randn(1, 3, 32, 32), topk=3)[0]
     assert pred.labels == tuple(CLASSES[i] for i in pred.indices)
+    by_name = fastdeit.Predictor("deit_tiny_patch16_224", checkpoint=tmp_path, device="cpu")  # built as recorded
+    assert by_name.num_classes == 10 and by_name.label_names == CLASSES
     unnamed = fastdeit.Predictor(small_model(), device="cpu").predict(torch.randn(1, 3, 32, 32))[0]
     assert unnamed.labels is None
     imagenet = fastdeit.Predictor(small_model(num_classes=1000), device="cpu").predict(torch.randn(1, 3, 32, 32))[0]
@@ -108,7 +110,9 @@ def test_convnet_checkpoint_meets_a_deit(tmp_path):
     """Names the architectures; before: 'has a head for 5 classes but the model has 5'."""
     convnet = create_convnet("convnet_small", num_classes=5)  # head (5, 128): the old message said "5 vs 5"
     path = write_training_checkpoint(tmp_path / "c.pt", convnet, class_names=[str(i) for i in range(5)])
-    with pytest.raises(ValueError, match=r"holds another architecture: convnet_small \(ConvNet.*the model is deit_tiny"):
+    with pytest.raises(
+        ValueError, match=r"holds another architecture: convnet_small \(ConvNet.*the model is deit_tiny"
+    ):
         fastdeit.load_checkpoint(small_model(num_classes=5), path)
     with pytest.raises(ValueError, match="holds convnet_small .*not a DeiT"):
         fastdeit.create_model(checkpoint=path)
@@ -127,7 +131,7 @@ def test_convnet_checkpoint_meets_a_deit(tmp_path):
 def test_conflicts_name_both_sides(tmp_path):
     src = small_model(distilled=True)
     path = write_training_checkpoint(tmp_path / "c.pt", src)
-    with pytest.raises(ValueError, match=r"asked for another architecture: embed_dim: 64 vs 32 \(checkpoint vs asked"):
+    with pytest.raises(ValueError, match=r"asked for another model: embed_dim: 64 vs 32 \(checkpoint vs asked"):
         fastdeit.create_model(checkpoint=path, embed_dim=32)
     with pytest.raises(ValueError, match=r"not a deit_small_patch16_224: embed_dim: 64 vs 384.*distilled: True vs"):
         fastdeit.create_model("deit_small_patch16_224", checkpoint=path)
@@ -138,21 +142,26 @@ def test_conflicts_name_both_sides(tmp_path):
     with pytest.raises(ValueError, match=r"\(checkpoint vs model\): layer_norm_eps: 1e-06 vs 1e-12"):
         fastdeit.load_checkpoint(small_model(distilled=True, layer_norm_eps=1e-12), path)
     other = tuple(reversed(CLASSES))
-    with pytest.raises(ValueError, match=r"other classes than the model's.*\n  checkpoint: \['class_a'.*\n  model: +\['class_j'"):
+    with pytest.raises(
+        ValueError, match=r"other classes than the model's.*\n  checkpoint: \['class_a'.*\n  model: +\['class_j'"
+    ):
         fastdeit.load_checkpoint(small_model(distilled=True, class_names=other), path)
     with pytest.raises(ValueError, match="other classes"):
         fastdeit.create_model(checkpoint=path, class_names=other)
 
 
 def test_bare_weights_need_a_name_and_keep_their_size(tmp_path):
-    """Bare weights at 32 px: never resampled to the name's 224 unless asked for (before, they were)."""
+    """Bare weights at 32 px: never resampled to the name's 224 unless asked for (before, they were, silently)."""
     src = small_model(distilled=False)
     torch.save(src.state_dict(), tmp_path / "w.pth")
     with pytest.raises(ValueError, match="do not record their architecture: pass the model name"):
         fastdeit.from_pretrained(tmp_path / "w.pth")
     arch = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2)
-    same = fastdeit.create_model("deit_tiny_patch16_224", checkpoint=tmp_path / "w.pth", **arch)
-    assert same.img_size == (32, 32) and same.num_classes == 10  # read off the weights
+    with pytest.raises(ValueError, match=r"weights for 32x32 images but deit_tiny_patch16_224 is a 224x224 model: "
+                       r"pass img_size=224 to resample .*, or img_size=32"):  # fmt: skip
+        fastdeit.create_model("deit_tiny_patch16_224", checkpoint=tmp_path / "w.pth", **arch)
+    same = fastdeit.create_model("deit_tiny_patch16_224", checkpoint=tmp_path / "w.pth", img_size=32, **arch)
+    assert same.num_classes == 10  # read off the head
     _same_outputs(same, src)
     bigger = fastdeit.create_model("deit_tiny_patch16_224", checkpoint=tmp_path / "w.pth", img_size=48, **arch)
     assert bigger.pos_embed.shape == (1, 37, 64)
@@ -180,7 +189,7 @@ def _small_variance_hf(distilled: bool, **overrides):
     hf = HF_CLASSES[distilled](cfg).eval()
     backbone = hf.deit if distilled else hf.vit
     with torch.no_grad():
-        for name, p in backbone.embeddings.named_parameters():
+        for p in backbone.embeddings.parameters():
             p.mul_(3e-5)
     return hf
 
@@ -196,17 +205,34 @@ def test_hf_folder_with_its_config(tmp_path, distilled, backend):
     with torch.no_grad():
         expected = hf(pixel_values=x).logits
     name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
+    arch = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2)
+    with pytest.raises(ValueError, match=f"weights for 48x48 images but {name} is a 224x224 model"):
+        fastdeit.create_model(name, checkpoint=tmp_path / "hf", backend=backend, **arch)
     for model in (
         fastdeit.from_pretrained(tmp_path / "hf", backend=backend),
-        fastdeit.create_model(name, checkpoint=tmp_path / "hf", backend=backend, patch_size=8, embed_dim=64, depth=2,
-                              num_heads=2),
-    ):  # fmt: skip
+        fastdeit.create_model(name, checkpoint=tmp_path / "hf", backend=backend, img_size=48, **arch),
+    ):
         assert model.config.layer_norm_eps == 1e-12 and model.img_size == (48, 48) and model.distilled == distilled
         assert model.class_names == tuple(f"kind {i}" for i in range(10))
         with torch.no_grad():
             got = model.eval()(x)
         # Relative to the logits' size: fp32 through both stacks; eps 1e-6 gives errors of order 1.
         assert (got - expected).norm() / expected.norm() < 1e-4
+
+
+def test_hf_normalisation_is_carried_and_checked(tmp_path):
+    """The image processor's mean/std (preprocessor_config.json) come with the model; weights expecting another
+    normalisation do not go silently into an ImageNet-normalised model."""
+    torch.manual_seed(0)
+    transformers.DeiTForImageClassificationWithTeacher(hf_config(True)).save_pretrained(tmp_path / "hf")
+    half = [0.5, 0.5, 0.5]
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": half, "image_std": half}))
+    model = fastdeit.from_pretrained(tmp_path / "hf", backend="torch")
+    assert model.config.mean == model.config.std == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"mean: \(0.5, 0.5, 0.5\) vs \(0.485, 0.456, 0.406\)"):
+        fastdeit.load_checkpoint(small_model(distilled=True), tmp_path / "hf")
+    with pytest.raises(ValueError, match="normalizes with the ImageNet mean/std; the model expects"):
+        fastdeit.Predictor(model, device="cpu")
 
 
 def test_hf_headless_backbone(tmp_path):
@@ -240,7 +266,7 @@ def test_save_hf_and_save_pretrained_keep_class_names_and_eps(tmp_path, distille
     for folder in ("hf", "ours"):
         back = fastdeit.from_pretrained(tmp_path / folder, backend="torch")
         assert back.class_names == CLASSES and back.config.layer_norm_eps == 1e-12
-        assert back.config.architecture_differences(src.config) == []
+        assert back.config.differences(src.config) == []
         with torch.no_grad():
             torch.testing.assert_close(back.eval()(x), src(x), rtol=1e-6, atol=1e-6)
     saved = json.loads((tmp_path / "ours" / "config.json").read_text())
@@ -256,7 +282,7 @@ def test_save_pretrained_folder_of_an_earlier_version(tmp_path):
     config["model_config"] = {k: config["model_config"][k] for k in keep}
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     back = fastdeit.from_pretrained(tmp_path / "old", backend="torch")
-    assert back.config.architecture_differences(src.config) == [] and back.class_names is None
+    assert back.config.differences(src.config) == [] and back.class_names is None
     _same_outputs(back, src)
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.training.teachers import load_teacher
 from fastdeit.training.checkpoints import checkpoint_name
+from fastdeit.training.teachers import load_teacher
 from tests.train.helpers import write_convnet_teacher
 
 LOAD = dict(num_classes=10, img_size=16, batch_size=4, device="cpu")
