@@ -459,12 +459,18 @@ def _check_recorded_facts(model: nn.Module, ckpt: Checkpoint, drop_head: bool) -
                 "fastdeit.from_pretrained(path) or fastdeit.create_model(checkpoint=path)"
             )
     theirs, ours = ckpt.class_names, getattr(model, "class_names", None)
-    if not drop_head and theirs is not None and ours is not None and tuple(theirs) != tuple(ours):
-        raise ValueError(
-            f"{where} was trained on other classes than the model's (same index, other class):\n"
-            f"  checkpoint: {list(theirs)}\n  model:      {list(ours)}\n"
-            "pass drop_head=True to train a new head, or give the model the checkpoint's class names"
-        )
+    if drop_head or theirs is None or ours is None or len(theirs) != len(ours) or tuple(theirs) == tuple(ours):
+        return  # another class count is the head check's to report
+    if len(theirs) <= 20:
+        shown = f"  checkpoint: {list(theirs)}\n  model:      {list(ours)}"
+    else:
+        differ = [i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b]
+        shown = "\n".join(f"  class {i}: checkpoint {theirs[i]!r}, model {ours[i]!r}" for i in differ[:10])
+        shown += f"\n  ({len(differ)} of {len(theirs)} classes differ)"
+    raise ValueError(
+        f"{where} was trained on other classes than the model's (same index, other class):\n{shown}\n"
+        "pass drop_head=True to train a new head, or give the model the checkpoint's class names"
+    )
 
 
 def load_state_dict(model: nn.Module, ckpt: Checkpoint, *, strict: bool = True, drop_head: bool = False) -> LoadResult:

@@ -148,6 +148,11 @@ def test_conflicts_name_both_sides(tmp_path):
         fastdeit.load_checkpoint(small_model(distilled=True, class_names=other), path)
     with pytest.raises(ValueError, match="other classes"):
         fastdeit.create_model(checkpoint=path, class_names=other)
+    many = [f"n{i}" for i in range(30)]
+    path = write_training_checkpoint(tmp_path / "c30.pt", small_model(num_classes=30), class_names=many)
+    swapped = many[:3] + ["n4", "n3"] + many[5:]
+    with pytest.raises(ValueError, match=r"\n  class 3: checkpoint 'n3', model 'n4'\n.*\n  \(2 of 30 classes differ\)"):
+        fastdeit.load_checkpoint(small_model(num_classes=30, class_names=swapped), path)
 
 
 def test_bare_weights_need_a_name_and_keep_their_size(tmp_path):
