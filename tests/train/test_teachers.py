@@ -34,6 +34,18 @@ def test_from_a_training_checkpoint_and_its_folder(tmp_path: Path):
         torch.testing.assert_close(teacher(x), _reference(path)(x))
 
 
+def test_teacher_carries_the_class_names_it_records(tmp_path: Path):
+    """What the next check (teacher classes vs the dataset's) reads; None where the teacher does not record them."""
+    path = write_convnet_teacher(tmp_path / checkpoint_name(3))
+    state = torch.load(path, weights_only=True)
+    names = [f"digit {i}" for i in range(10)]
+    torch.save({**state, "class_names": names}, path)
+    assert load_teacher(path, **LOAD).class_names == tuple(names)
+    assert load_teacher(path, "convnet_tiny", **LOAD).class_names == tuple(names)
+    torch.jit.save(torch.jit.script(_reference(path)), tmp_path / "t_script.pt")
+    assert load_teacher(tmp_path / "t_script.pt", **LOAD).class_names is None
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source
 def test_from_torchscript_and_torch_export(tmp_path: Path):
     reference = _reference(write_convnet_teacher(tmp_path / "t.pt"))
