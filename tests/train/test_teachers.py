@@ -34,6 +34,7 @@ def test_from_a_training_checkpoint_and_its_folder(tmp_path: Path):
         torch.testing.assert_close(teacher(x), _reference(path)(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source
 def test_teacher_carries_the_class_names_it_records(tmp_path: Path):
     """What the next check (teacher classes vs the dataset's) reads; None where the teacher does not record them."""
     path = write_convnet_teacher(tmp_path / checkpoint_name(3))
