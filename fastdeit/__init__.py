@@ -2,6 +2,7 @@
 
     import fastdeit
     model = fastdeit.create_model("deit_small_distilled_patch16_224", checkpoint="deit_small_distilled.pth")
+    model = fastdeit.from_pretrained("runs/my_run")  # a training run, save_pretrained or Hugging Face folder
 
 `fastdeit.ops` (the fused kernels) and `fastdeit.patch` import triton on first use only.
 """
@@ -10,12 +11,25 @@ import importlib
 from typing import Any
 
 from fastdeit._version import __version__
-from fastdeit.checkpoint import from_pretrained, load_checkpoint, save_hf, save_pretrained
-from fastdeit.models import VisionTransformer, create_model, list_models
+from fastdeit.models import (
+    VisionTransformer,
+    VisionTransformerConfig,
+    create_model,
+    from_pretrained,
+    list_models,
+    load_checkpoint,
+    load_model,
+    save_hf,
+    save_pretrained,
+)
 
 _LAZY = {
     "ops": ("fastdeit.ops", None),
     "patch": ("fastdeit.patching", "patch"),
+    "patch_fastdeit": ("fastdeit.patching", "patch_fastdeit"),
+    "patch_hf_deit": ("fastdeit.patching", "patch_hf_deit"),
+    "patch_hf_vit": ("fastdeit.patching", "patch_hf_vit"),
+    "patch_timm_vit": ("fastdeit.patching", "patch_timm_vit"),
     "Predictor": ("fastdeit.predict", "Predictor"),
     "export_model": ("fastdeit.export", "export_model"),
 }
@@ -23,14 +37,20 @@ _LAZY = {
 __all__ = [
     "Predictor",
     "VisionTransformer",
+    "VisionTransformerConfig",
     "__version__",
     "create_model",
     "export_model",
     "from_pretrained",
     "list_models",
     "load_checkpoint",
+    "load_model",
     "ops",
     "patch",
+    "patch_fastdeit",
+    "patch_hf_deit",
+    "patch_hf_vit",
+    "patch_timm_vit",
     "save_hf",
     "save_pretrained",
 ]

@@ -45,13 +45,12 @@ import torch
 from tqdm import tqdm
 
 from fastdeit.batch_size import BatchSizeCache, default_cache_path, free_memory, is_oom
-from fastdeit.checkpoint import from_pretrained, load_checkpoint
 from fastdeit.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from fastdeit.data import DataWarning, build_predict_loader, dali_available
 from fastdeit.data.common import describe_files
 from fastdeit.data.folder import IMG_EXTENSIONS
 from fastdeit.data.loader import ImageFileLoader
-from fastdeit.models import VisionTransformer, create_model
+from fastdeit.models import VisionTransformer, load_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODERS = ("auto", "dali", "pil")
@@ -140,43 +139,6 @@ def collect_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Im
         shown = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ValueError(f"no image files in {shown} (image extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
     return ImageFiles(files, skipped)
-
-
-def load_model(
-    model: str | os.PathLike | VisionTransformer,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    num_classes: int | None = None,
-    backend: str = "auto",
-    use_ema: bool = False,
-) -> VisionTransformer:
-    """A DeiT model from a name (`fastdeit.list_models()`), a `save_pretrained` folder, or an instance as is;
-    then the weights of `checkpoint`, if given.
-
-    `num_classes` defaults to 1000 for a name and to the model's own otherwise; a model or checkpoint with another
-    class count raises ValueError.
-    """
-    if isinstance(model, VisionTransformer):
-        built = model
-    elif isinstance(model, str | os.PathLike):
-        path = Path(model).expanduser()
-        if path.is_dir():
-            built = from_pretrained(path, backend=backend)
-        elif os.sep in os.fspath(model) or path.suffix:
-            raise FileNotFoundError(
-                f"model {os.fspath(model)!r} is neither a model name nor a save_pretrained folder "
-                "(weights files go to checkpoint)"
-            )
-        else:
-            classes = 1000 if num_classes is None else num_classes
-            built = create_model(os.fspath(model), num_classes=classes, backend=backend)
-    else:
-        raise TypeError(f"model must be a model name, a save_pretrained folder or a VisionTransformer, got {model!r}")
-    if num_classes is not None and built.num_classes != num_classes:
-        raise ValueError(f"num_classes={num_classes} but the model has {built.num_classes} classes")
-    if checkpoint is not None:
-        load_checkpoint(built, checkpoint, use_ema=use_ema)
-    return built
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -362,12 +324,13 @@ class Predictor:
     """Top-k classes and embeddings of images with a DeiT model, at full speed on a GPU (see the module docstring).
 
     Args:
-        model: a model name (`fastdeit.list_models()`), a `save_pretrained` folder, or a VisionTransformer (moved,
-            cast and put in eval mode in place).
+        model: a model name (`fastdeit.list_models()`), a saved model (`save_pretrained` or Hugging Face folder,
+            training checkpoint or run folder; see `fastdeit.load_model`), or a VisionTransformer (moved, cast and
+            put in eval mode in place).
         checkpoint: weights to load, in any format `fastdeit.load_checkpoint` reads.
         num_classes: class count of the head (default: 1000 for a model name, the model's own otherwise).
-        labels: class names, one per class index: a sequence, or a file with one name per line. Default: the
-            ImageNet-1k names for a 1000-class head, none otherwise.
+        labels: class names, one per class index: a sequence, or a file with one name per line. Default: the names
+            the model records (`model.class_names`), else ImageNet-1k's for a 1000-class head, else none.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         dtype: "auto" (bf16 on CUDA, fp32 on the CPU), "bf16", "fp16" or "fp32": the dtype of the weights and
             activations; probabilities and embeddings are returned in fp32.
@@ -413,7 +376,9 @@ class Predictor:
         self.num_threads = num_threads
 
         model = load_model(model, checkpoint=checkpoint, num_classes=num_classes, backend=backend, use_ema=use_ema)
-        self.label_names = self._resolve_labels(labels, model.num_classes)
+        if not isinstance(model, VisionTransformer):
+            raise ValueError(f"the Predictor runs DeiT models; this is {model.config.describe()}")
+        self.label_names = self._resolve_labels(labels, model)
         height, width = model.img_size
         if height != width:
             raise ValueError(f"the image loader makes square crops; the model takes {height}x{width} images")
@@ -434,8 +399,14 @@ class Predictor:
         self._last_sources: list[str | int] = []
 
     @staticmethod
-    def _resolve_labels(labels: str | os.PathLike | Sequence[str] | None, num_classes: int) -> tuple[str, ...] | None:
+    def _resolve_labels(
+        labels: str | os.PathLike | Sequence[str] | None, model: VisionTransformer
+    ) -> tuple[str, ...] | None:
+        """`labels` if given, else the class names the model records, else ImageNet's for a 1000-class model."""
+        num_classes = model.num_classes
         if labels is None:
+            if model.class_names is not None:
+                return model.class_names
             return imagenet_labels() if num_classes == 1000 else None
         names = read_labels(labels) if isinstance(labels, str | os.PathLike) else tuple(str(n) for n in labels)
         if len(names) != num_classes:
@@ -616,7 +587,9 @@ class Predictor:
         """
 
         cache = BatchSizeCache(default_cache_path().with_name("predict_batch_sizes.json"))
-        config = json.dumps(getattr(self.model, "model_config", None), sort_keys=True, default=str)
+        # The architecture decides the memory; the class names do not (and would make the key kilobytes long).
+        architecture = {k: v for k, v in self.model.model_config.items() if k != "class_names"}
+        config = json.dumps(architecture, sort_keys=True, default=str)
         key = BatchSizeCache.key(
             "predict", self.model_name, config, self.img_size, self.embed_dim, _dtype_name(self.dtype),
             getattr(self.model, "backend", "?"), torch.cuda.get_device_name(self.device),

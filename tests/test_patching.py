@@ -1,4 +1,5 @@
-"""fastdeit.patch on Hugging Face DeiT/ViT, timm-layout models and fastdeit's own models."""
+"""fastdeit.patch and the per-family functions on Hugging Face DeiT/ViT, timm-layout models and fastdeit's own
+models: same outputs, same parameters under the same names (checkpoints keep working), clear errors."""
 
 import copy
 import logging
@@ -49,12 +50,54 @@ def test_patch_hf_same_logits_and_grads(distilled):
         torch.testing.assert_close(p.grad, ref_params[name].grad, atol=10 * ATOL, rtol=10 * ATOL, msg=name)
 
 
-def test_patch_shares_parameters():
+def test_patch_shares_parameters_under_their_names():
     ref = _hf(True)
-    q_weight = ref.deit.layers[0].attention.q_proj.weight
+    before = {name: p for name, p in ref.named_parameters()}
     fastdeit.patch(ref, backend="torch")
-    assert ref.deit.layers[0].attn.qkv.q_proj.weight is q_weight
-    assert ref.deit.layers[0].attn.qkv.weight.shape == (192, 64)
+    layer = ref.deit.layers[0]
+    assert isinstance(layer, Block) and layer.attention is layer.attn
+    assert layer.attention.q_proj.weight is before["deit.layers.0.attention.q_proj.weight"]
+    assert layer.attn.qkv.weight.shape == (192, 64)
+    after = dict(ref.named_parameters())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert list(ref.state_dict()) == list(before)  # the same keys, in transformers' order
+
+
+@pytest.mark.parametrize("distilled", [True, False])
+def test_patched_hf_model_saves_a_checkpoint_transformers_loads(tmp_path, distilled):
+    """transformers' own save_pretrained on a patched model, loaded back by transformers into an unpatched one: the
+    same logits (before, the patched keys were renamed, transformers re-initialised them, logits moved by ~0.3)."""
+    torch.manual_seed(0)
+    model = fastdeit.patch(_hf(distilled).cpu(), backend="torch")
+    model.save_pretrained(tmp_path / "patched")
+    reloaded = type(model).from_pretrained(tmp_path / "patched").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=1e-6)
+
+
+def test_patch_keeps_eval_mode():
+    """An eval model stays in eval mode: dropout (attention and hidden) stays off after patching."""
+    torch.manual_seed(0)
+    cfg = hf_config(True, intermediate_size=128, attention_probs_dropout_prob=0.5, hidden_dropout_prob=0.5)
+    ref = transformers.DeiTForImageClassificationWithTeacher(cfg).eval()
+    model = fastdeit.patch(copy.deepcopy(ref), backend="torch")
+    assert not any(m.training for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values=x).logits, ref(pixel_values=x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_family_functions_and_dispatch():
+    """patch() picks the family function by isinstance; each family function refuses another family's model."""
+    vit = transformers.ViTForImageClassification(hf_config(False))
+    assert fastdeit.patch(vit, backend="torch") is vit and isinstance(vit.vit.layers[0], Block)
+    deit = transformers.DeiTModel(hf_config(True))
+    assert fastdeit.patch_hf_deit(deit, backend="torch") is deit and isinstance(deit.layers[0], Block)
+    with pytest.raises(TypeError, match="patch_hf_vit: expected a transformers vit model"):
+        fastdeit.patch_hf_vit(transformers.DeiTForImageClassificationWithTeacher(hf_config(True)))
+    model = small_model(backend="torch")
+    assert fastdeit.patch_fastdeit(model, backend="triton") is model and model.backend == "triton"
 
 
 def test_patch_fastdeit_model_switches_backend():
@@ -64,7 +107,7 @@ def test_patch_fastdeit_model_switches_backend():
 
 
 def test_patch_unknown_model_is_a_clear_error():
-    with pytest.raises(TypeError, match="does not know torch.nn.modules.container.Sequential; supported models"):
+    with pytest.raises(TypeError, match="does not know torch.nn.modules.container.Sequential; supported models.*timm"):
         fastdeit.patch(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="backend must be one of"):
         fastdeit.patch(small_model(), backend="fast")
@@ -155,17 +198,24 @@ for _cls, _name in (
 def test_patch_timm_layout():
     torch.manual_seed(0)
     ref = _TimmViT().to(DEVICE).eval()
-    model = fastdeit.patch(copy.deepcopy(ref), backend="triton")
-    assert all(isinstance(b, Block) and b.fused for b in model.blocks)
+    model = fastdeit.patch_timm_vit(copy.deepcopy(ref), backend="triton")
+    assert all(isinstance(b, Block) and b.fused and not b.training for b in model.blocks)
+    assert list(model.state_dict()) == list(ref.state_dict())
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     torch.testing.assert_close(model(x), ref(x), atol=ATOL, rtol=ATOL)
+
+
+def test_patch_dispatches_on_classes_not_names():
+    """A look-alike of timm's class (same name and module string, not timm's class) is not taken for timm's."""
+    with pytest.raises(TypeError, match="does not know timm.models.vision_transformer.VisionTransformer"):
+        fastdeit.patch(_TimmViT())
 
 
 def test_patch_timm_rejects_layer_scale():
     model = _TimmViT()
     model.blocks[1].ls1 = nn.Linear(64, 64)
     with pytest.raises(TypeError, match=r"blocks.1 is not a plain DeiT block.*\['ls1'\]"):
-        fastdeit.patch(model)
+        fastdeit.patch_timm_vit(model)
 
 
 def test_patch_real_timm():

@@ -39,7 +39,6 @@ from tqdm import tqdm
 from fastdeit.data import Mixup, RandomErasing, build_loader
 from fastdeit.data.common import derive_seed
 from fastdeit.losses import DistillationLoss, build_criterion
-from fastdeit.teachers import load_teacher
 from fastdeit.training import (
     CheckpointManager,
     ConfigError,
@@ -65,6 +64,7 @@ from fastdeit.training import (
 from fastdeit.training.checkpoints import TrainingDiverged, all_finite
 from fastdeit.training.config import user_errors
 from fastdeit.training.distributed import broadcast_object
+from fastdeit.training.teachers import load_teacher
 
 # Keys that may differ on resume without changing the run itself.
 _RUN_ONLY_KEYS = {"resume", "eval_only", "output_dir", "progress", "tensorboard", "log_interval", "data_threads"}

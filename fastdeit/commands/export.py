@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastdeit.export import ExportVerificationError, export_model
-    from fastdeit.predict import load_model
+    from fastdeit.models import load_model
 
     model = load_model(
         args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, backend="torch", use_ema=args.ema

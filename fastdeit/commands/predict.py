@@ -4,7 +4,8 @@
     fastdeit predict --model my_finetuned/ --labels classes.txt --topk 3 --out results.jsonl photos/
     fastdeit predict --model deit_base_patch16_224 --checkpoint w.pth --out results.csv --batch-size 256 imgs/
 
---model is a model name (`fastdeit.list_models()`) or a folder written by `fastdeit.save_pretrained`. Folders are
+--model is a model name (`fastdeit.list_models()`) or a saved model: a `fastdeit.save_pretrained` or Hugging Face
+folder, a training checkpoint or a run folder (its newest checkpoint), with its class names. Folders of images are
 read recursively. Files are decoded by DALI (on the GPU when there is one) with DeiT's eval transform; PIL only
 where DALI is missing. Unreadable files are named and skipped. Without --out, results go to stdout; the summary
 (images/s, time waiting for decoding vs in the model, skipped files) goes to stderr. See fastdeit.predict.
@@ -30,8 +31,13 @@ OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint, --num-classes, --ema (see fastdeit.predict.load_model)."""
-    p.add_argument("--model", required=True, help="model name (see fastdeit.list_models()) or save_pretrained folder")
+    """--model, --checkpoint, --num-classes, --ema (see fastdeit.models.load_model)."""
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model name (see fastdeit.list_models()), or a saved model: save_pretrained or Hugging Face folder, "
+        "training checkpoint or run folder (its architecture and class names are read from it)",
+    )
     p.add_argument("--checkpoint", help="weights: timm/official DeiT .pth, Hugging Face, safetensors, fastdeit")
     p.add_argument("--num-classes", type=int, help="classes of the checkpoint's head (default 1000 for a model name)")
     p.add_argument("--ema", action="store_true", help="load the EMA weights of a fastdeit training checkpoint")
@@ -68,8 +74,8 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 def has_weights(args: argparse.Namespace) -> bool:
-    """Whether the model gets trained weights: a checkpoint, or a save_pretrained folder."""
-    return args.checkpoint is not None or Path(args.model).expanduser().is_dir()
+    """Whether the model gets trained weights: a checkpoint, or a saved model (folder or file)."""
+    return args.checkpoint is not None or Path(args.model).expanduser().exists()
 
 
 def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> Predictor:

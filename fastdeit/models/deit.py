@@ -3,100 +3,133 @@
 Parameter names and shapes equal timm's `VisionTransformer` / `VisionTransformerDistilled`, so official DeiT
 and timm checkpoints load with strict=True: cls_token, dist_token, pos_embed, patch_embed.proj,
 blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm, head, head_dist.
+The model records what it is in `model.config` (a frozen `VisionTransformerConfig`), built by the constructor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fastdeit.layers import Attention, Block, LayerNorm, Mlp, PatchEmbed, check_backend
+from fastdeit.models.config import RecordsConfig, VisionTransformerConfig
 from fastdeit.models.pos_embed import resample_pos_embed
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(RecordsConfig, nn.Module):
     """DeiT / ViT classifier. Input (B, in_chans, H, W) -> logits (B, num_classes).
 
     With `distilled=True` the model carries a distillation token and a second head; in training with
     `set_distilled_training(True)` it returns `(cls_logits, dist_logits)`, otherwise their mean.
+
+    Args:
+        config: the architecture and facts of the model (`VisionTransformerConfig`); `model.config` records it.
+        backend: "auto" (fused Triton kernels on CUDA, PyTorch elsewhere), "triton" or "torch".
+        norm_layer, attn_layer, mlp_layer: other layer classes for the blocks (as timm); by default fastdeit's
+            LayerNorm (with the config's `layer_norm_eps`), Attention and Mlp on `backend`. `config` does not
+            describe layers passed here.
+        fields: config fields given one by one, timm-style (img_size, patch_size, embed_dim, depth, num_heads,
+            num_classes, distilled, layer_norm_eps, ...); they override `config`'s.
     """
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_rate: float = 0.0,
-        pos_drop_rate: float = 0.0,
-        proj_drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        distilled: bool = False,
-        dynamic_img_size: bool = False,
+        config: VisionTransformerConfig | None = None,
+        *,
         backend: str = "auto",
-        norm_layer: type[nn.Module] | None = None,
-        attn_layer: type[nn.Module] | None = None,
-        mlp_layer: type[nn.Module] | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        attn_layer: Callable[..., nn.Module] | None = None,
+        mlp_layer: Callable[..., nn.Module] | None = None,
+        **fields: Any,
     ) -> None:
         super().__init__()
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0 = no head), got {num_classes}")
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim must be divisible by num_heads, got {embed_dim} and {num_heads}")
+        known = {f.name for f in dataclasses.fields(VisionTransformerConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"VisionTransformer got unknown arguments {unknown}; config fields: {sorted(known)}")
+        config = (config or VisionTransformerConfig()).replace(**fields)
+        self.config = config
         self.backend = check_backend(backend)
         # The one place the implementations are chosen: every layer gets the same backend.
-        norm_layer = norm_layer or partial(LayerNorm, eps=1e-6, backend=backend)
+        norm_layer = norm_layer or partial(LayerNorm, eps=config.layer_norm_eps, backend=backend)
         attn_layer = attn_layer or partial(Attention, backend=backend)
         mlp_layer = mlp_layer or partial(Mlp, backend=backend)
 
-        self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
-        self.distilled = distilled
-        self.num_prefix_tokens = 2 if distilled else 1
+        self.num_prefix_tokens = 2 if config.distilled else 1
         self.distilled_training = False
         self.grad_checkpointing = False
+        dim = config.embed_dim
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, dynamic_img_size=dynamic_img_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
-        self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.patch_embed = PatchEmbed(
+            config.img_size, config.patch_size, config.in_chans, dim, dynamic_img_size=config.dynamic_img_size
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if config.distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, dim))
+        self.pos_drop = nn.Dropout(config.pos_drop_rate)
         # Stochastic depth grows linearly with depth (plain Python: works under a meta-device context too).
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.Sequential(
             *[
                 Block(
-                    embed_dim,
-                    num_heads,
-                    mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    proj_drop=proj_drop_rate,
-                    attn_drop=attn_drop_rate,
+                    dim,
+                    config.num_heads,
+                    config.mlp_ratio,
+                    qkv_bias=config.qkv_bias,
+                    proj_drop=config.proj_drop_rate,
+                    attn_drop=config.attn_drop_rate,
                     drop_path=dpr[i],
                     norm_layer=norm_layer,
                     attn_layer=attn_layer,
                     mlp_layer=mlp_layer,
                 )
-                for i in range(depth)
+                for i in range(config.depth)
             ]
         )
-        self.norm = norm_layer(embed_dim)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = (
-            (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if distilled else None
-        )
+        self.norm = norm_layer(dim)
+        self.head_drop = nn.Dropout(config.drop_rate)
+        classes = config.num_classes
+        self.head = nn.Linear(dim, classes) if classes > 0 else nn.Identity()
+        self.head_dist = (nn.Linear(dim, classes) if classes > 0 else nn.Identity()) if config.distilled else None
         self._init_weights()
+
+    @classmethod
+    def from_config(cls, config: VisionTransformerConfig, *, backend: str = "auto") -> VisionTransformer:
+        """The model `config` describes, freshly initialised."""
+        return cls(config, backend=backend)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def num_features(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def distilled(self) -> bool:
+        return self.config.distilled
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The preprocessing the model expects, under timm's `pretrained_cfg` keys."""
+        c = self.config
+        return {
+            "architecture": self.model_name,
+            "input_size": (c.in_chans, *c.img_size),
+            "interpolation": c.interpolation,
+            "crop_pct": c.crop_pct,
+            "mean": c.mean,
+            "std": c.std,
+            "num_classes": c.num_classes,
+        }
 
     def _init_weights(self) -> None:
         # As timm: truncated normal(0.02) for weights and embeddings, tiny normal for the cls token.
@@ -139,10 +172,11 @@ class VisionTransformer(nn.Module):
         return (self.head, self.head_dist) if self.distilled else self.head
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head(s) with freshly initialised ones for `num_classes` classes (0 = no head)."""
+        """Replace the head(s) with freshly initialised ones for `num_classes` classes (0 = no head); the class
+        names are forgotten."""
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.num_classes = num_classes
+        self.config = self.config.replace(num_classes=num_classes, class_names=None)
         device = self.cls_token.device
         heads = ["head", "head_dist"] if self.distilled else ["head"]
         for name in heads:
@@ -161,11 +195,28 @@ class VisionTransformer(nn.Module):
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
         return self.pos_drop(torch.cat(prefix + [x], dim=1) + pos_embed)
 
+    def _check_dtype(self, x: torch.Tensor) -> None:
+        """Images must have the weights' dtype, except floating-point ones under autocast (which casts them)."""
+        expected = self.patch_embed.proj.weight.dtype
+        if not isinstance(x, torch.Tensor) or x.dtype == expected:
+            return  # PatchEmbed names what a non-tensor should be
+        if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+            return
+        if x.is_floating_point():
+            how = f"cast it with x.to({expected}), or run the model under torch.autocast"
+        else:
+            how = (
+                f"convert images with x.to({expected}) / 255, then normalise them with the model's mean "
+                f"{self.config.mean} and std {self.config.std} (model.config.mean / .std)"
+            )
+        raise TypeError(f"expected a {expected} image batch (the model's weights are {expected}), got {x.dtype}: {how}")
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, in_chans, H, W) -> normalized tokens (B, num_prefix_tokens + num_patches, embed_dim)."""
-        grid = self.patch_embed.check_input(x)
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        x = self._pos_embed(x, grid)
+        self._check_dtype(x)
+        tokens = self.patch_embed(x)  # checks the input's shape
+        grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1])
+        x = self._pos_embed(tokens, grid)
         if self.grad_checkpointing and torch.is_grad_enabled():
             for block in self.blocks:
                 x = checkpoint(block, x, use_reentrant=False)

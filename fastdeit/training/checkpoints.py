@@ -13,7 +13,6 @@ training draws from them (the data pipeline derives its own from (seed, epoch, r
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ import torch
 from torch import nn
 
 from fastdeit.io import atomic_torch_save
-
-_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+from fastdeit.models.checkpoint import checkpoint_name, list_checkpoints
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,19 +31,6 @@ def all_finite(module: nn.Module) -> bool:
     """Whether every parameter and buffer of `module` is finite (checked before each checkpoint is written)."""
     flags = [t.isfinite().all() for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-def checkpoint_name(step: int) -> str:
-    return f"ckpt_{step:08d}.pt"
-
-
-def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """The training checkpoints in `directory`, oldest (lowest step) first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:

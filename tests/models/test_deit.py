@@ -18,7 +18,8 @@ TIMM_PARAMS_M = {
     "deit_base_distilled_patch16_224": 87.34,
     "deit_base_distilled_patch16_384": 87.63,
 }
-# Forward GMACs of timm's models (../shared/ANCHORS.md).
+# Forward GMACs of timm's models as timm publishes them: column infer_gmacs of pytorch-image-models'
+# results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv.
 TIMM_GMACS = {
     "deit_tiny_patch16_224": 1.26,
     "deit_small_patch16_224": 4.61,
@@ -180,8 +181,10 @@ def test_bad_configs():
 
 
 def test_triton_backend_on_plain_cpu_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    # Built (the kernels imported) before the interpreter is switched off: triton.jit reads TRITON_INTERPRET when a
+    # kernel is defined, and kernels defined without it would fail every later test on a CPU.
     model = small_model(backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
         model(torch.randn(1, 3, 32, 32))
 
@@ -192,3 +195,63 @@ def test_create_on_meta_device():
         model = fastdeit.create_model("deit_base_patch16_224", backend="torch", drop_path_rate=0.1)
     assert model.cls_token.is_meta
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+
+
+# --- the model records what it is -------------------------------------------------------------------------------
+
+
+def test_model_records_its_config_in_the_constructor():
+    """Built directly (no registry), timm-style or from a config: model.config is the whole story."""
+    model = fastdeit.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=3)
+    assert model.config == fastdeit.VisionTransformerConfig(
+        img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=3
+    )
+    assert model.model_name == "VisionTransformer" and model.pretrained_cfg["input_size"] == (3, 32, 32)
+    again = fastdeit.VisionTransformer.from_config(model.config)
+    assert again.config == model.config and again.state_dict().keys() == model.state_dict().keys()
+    named = small_model(class_names=["a"] * 10)
+    assert named.config.name == "deit_tiny_distilled_patch16_224" and named.class_names == ("a",) * 10
+    named.reset_classifier(3)
+    assert named.config.num_classes == 3 and named.class_names is None  # a new head: its classes are unknown
+    with pytest.raises(ValueError, match="2 class names for a model with 3 classes"):
+        named.set_class_names(["x", "y"])
+    with pytest.raises(ValueError, match=r"unknown arguments \['embed_dimm'\]"):
+        fastdeit.VisionTransformer(embed_dimm=3)
+
+
+def test_forward_goes_through_patch_embed_forward():
+    """Hooks and subclasses of the patch embedding see the call (deit.py used to call proj directly)."""
+    model = small_model().eval()
+    calls = []
+    model.patch_embed.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    model(torch.randn(2, 3, 32, 32))
+    assert calls == [(2, 16, 64)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_norm_eps_reaches_every_layer_norm(backend):
+    """eps 1e-12 (Hugging Face's DeiT) on every LayerNorm, the fused Triton one included: on tokens of variance
+    ~1e-10, eps 1e-6 would shrink the normalised values ~100x."""
+    torch.manual_seed(0)
+    model = small_model(distilled=False, layer_norm_eps=1e-12, backend=backend).eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 5 and {m.eps for m in norms} == {1e-12}
+    x = torch.randn(2, 17, 64) * 1e-5
+    expected = torch.nn.functional.layer_norm(x, (64,), model.norm.weight, model.norm.bias, 1e-12)
+    torch.testing.assert_close(model.norm(x), expected, rtol=1e-4, atol=1e-4)
+    assert (model.norm(x) - torch.nn.functional.layer_norm(x, (64,), eps=1e-6)).abs().max() > 0.5
+
+
+def test_wrong_input_dtype_is_a_clear_error():
+    """Before: 'Input type (unsigned char) and bias type (float) should be the same' from the convolution."""
+    model = small_model().eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"expected a torch.float32 image batch .* got torch.uint8: .*/ 255, then "
+                       r"normalise them with the model's mean \(0.485, 0.456, 0.406\)"):  # fmt: skip
+        model(images)
+    with pytest.raises(TypeError, match=r"got torch.bfloat16: cast it with x.to\(torch.float32\)"):
+        model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed dtypes are what autocast is for
+        assert model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 10)
+        with pytest.raises(TypeError, match="got torch.uint8"):
+            model(images)

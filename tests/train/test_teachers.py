@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.teachers import load_teacher
 from fastdeit.training.checkpoints import checkpoint_name
+from fastdeit.training.teachers import load_teacher
 from tests.train.helpers import write_convnet_teacher
 
 LOAD = dict(num_classes=10, img_size=16, batch_size=4, device="cpu")
@@ -32,6 +32,19 @@ def test_from_a_training_checkpoint_and_its_folder(tmp_path: Path):
         teacher.train()  # DistillationLoss.train() must not wake the teacher up
         assert not teacher.module.training
         torch.testing.assert_close(teacher(x), _reference(path)(x))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source
+def test_teacher_carries_the_class_names_it_records(tmp_path: Path):
+    """What the next check (teacher classes vs the dataset's) reads; None where the teacher does not record them."""
+    path = write_convnet_teacher(tmp_path / checkpoint_name(3))
+    state = torch.load(path, weights_only=True)
+    names = [f"digit {i}" for i in range(10)]
+    torch.save({**state, "class_names": names}, path)
+    assert load_teacher(path, **LOAD).class_names == tuple(names)
+    assert load_teacher(path, "convnet_tiny", **LOAD).class_names == tuple(names)
+    torch.jit.save(torch.jit.script(_reference(path)), tmp_path / "t_script.pt")
+    assert load_teacher(tmp_path / "t_script.pt", **LOAD).class_names is None
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source
@@ -63,7 +76,7 @@ def test_class_count_mismatch_is_caught_by_a_dummy_forward(tmp_path: Path):
 def test_missing_and_unusable_files(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="teacher_path not found"):
         load_teacher(tmp_path / "nope.pt", **LOAD)
-    with pytest.raises(FileNotFoundError, match="folder without ckpt_<step>.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nor a training run folder \(no ckpt_<step>.pt\)"):
         load_teacher(tmp_path, **LOAD)
     torch.save(create_convnet("convnet_tiny").state_dict(), tmp_path / "weights.pt")
     with pytest.raises(ValueError, match="without an architecture.*--teacher-model"):

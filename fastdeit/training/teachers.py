@@ -3,8 +3,9 @@
     teacher = load_teacher(path="runs/teacher", num_classes=10, img_size=32, batch_size=64, device="cpu")
 
 Sources (`model` names the architecture; empty means "read it from `path`"):
-- a fastdeit training checkpoint (train.py's `ckpt_<step>.pt`, or the output folder: its latest one) of a
-  DeiT or of a convnet (fastdeit.models.convnet): rebuilt from the checkpoint's model_name/model_config;
+- a fastdeit checkpoint that records its architecture (train.py's `ckpt_<step>.pt`, or the run folder: its newest
+  readable one; a `save_pretrained` or Hugging Face folder) of a DeiT or of a convnet (fastdeit.models.convnet),
+  rebuilt as it records itself;
 - a TorchScript file (`torch.jit.save`) or a `torch.export` program (`.pt2`, exported in eval mode);
 - `model` = a fastdeit model name (DeiT or convnet) with weights in `path` (any format fastdeit reads);
 - `model` = a timm model name (DeiT's teacher is `regnety_160`) with weights in `path`, when timm is
@@ -26,21 +27,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastdeit.models import list_models
+from fastdeit.models import list_models, read_checkpoint
+from fastdeit.models.build import model_from_checkpoint
 from fastdeit.models.convnet import is_convnet
-from fastdeit.training.checkpoints import latest_checkpoint
+from fastdeit.training.models import build_model, load_finetune_weights
 
 
 class FrozenTeacher(nn.Module):
     """Wraps a teacher: eval mode whatever `train()` says, no gradients, channels_last inputs.
 
-    forward: images (B, C, H, W) -> logits (B, num_classes).
+    forward: images (B, C, H, W) -> logits (B, num_classes). `class_names`: the names of the logits that the
+    teacher records (fastdeit models), None when it does not (TorchScript, torch.export, timm).
     """
 
     def __init__(self, module: nn.Module, description: str, channels_last: bool = True) -> None:
         super().__init__()
         self.module = module
         self.description = description
+        self.class_names: tuple[str, ...] | None = getattr(module, "class_names", None)
         self.channels_last = channels_last
         for p in module.parameters():
             p.requires_grad_(False)
@@ -72,25 +76,16 @@ def _archive_kind(path: Path) -> str:
     return "torch_save"
 
 
-def _from_training_checkpoint(path: Path, img_size: int) -> tuple[nn.Module, str]:
-    from fastdeit.training.models import build_model, load_finetune_weights
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"teacher_path {str(path)!r} could not be read as a torch checkpoint: {e}") from e
-    if not (isinstance(ckpt, dict) and "model" in ckpt and "model_name" in ckpt):
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+def _from_fastdeit_checkpoint(path: Path, img_size: int) -> tuple[nn.Module, str]:
+    ckpt = read_checkpoint(path)
+    if ckpt.config is None:
         raise ValueError(
-            f"teacher_path {str(path)!r} holds weights without an architecture (top-level: {keys}): it is not a "
-            "fastdeit training checkpoint; name the architecture with --teacher-model (a fastdeit model or a timm "
-            "name such as regnety_160)"
+            f"teacher_path {str(ckpt.path)!r} holds weights without an architecture ({ckpt.format}): name the "
+            "architecture with --teacher-model (a fastdeit model or a timm name such as regnety_160)"
         )
-    config = dict(ckpt.get("model_config") or {})
-    config.pop("img_size", None)  # a DeiT teacher gets the student's input size, its pos_embed resampled on load
-    model = build_model(ckpt["model_name"], img_size=img_size, backend="auto", **config)
-    load_finetune_weights(model, path, allow_new_head=False)
-    return model, f"{ckpt['model_name']} from fastdeit checkpoint {path}"
+    # A DeiT teacher gets the student's input size, its position embedding resampled.
+    model = model_from_checkpoint(ckpt, img_size=img_size)
+    return model, f"{model.model_name} from fastdeit checkpoint {ckpt.path}"
 
 
 def _from_timm(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]:
@@ -104,12 +99,8 @@ def _from_timm(name: str, path: Path, num_classes: int) -> tuple[nn.Module, str]
     if not timm.is_model(name):
         raise ValueError(f"teacher_model {name!r} is neither a fastdeit model nor a timm model")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_checkpoint(path).state_dict)
     except RuntimeError as e:
         raise ValueError(
             f"teacher weights {str(path)!r} do not fit timm's {name} with num_classes={num_classes} (the dataset's "
@@ -136,28 +127,21 @@ def load_teacher(
     file = Path(path).expanduser()
     if not file.exists():
         raise FileNotFoundError(f"teacher_path not found: {str(file)!r}")
-    if file.is_dir():
-        found = latest_checkpoint(file)
-        if found is None:
-            raise FileNotFoundError(f"teacher_path {str(file)!r} is a folder without ckpt_<step>.pt checkpoints")
-        file = found
 
     if model and (model in list_models() or is_convnet(model)):
-        from fastdeit.training.models import build_model, load_finetune_weights
-
         module = build_model(model, num_classes=num_classes, img_size=img_size, backend="auto")
         load_finetune_weights(module, file, allow_new_head=False)
         description = f"{model} from {file}"
     elif model:
         module, description = _from_timm(model, file, num_classes)
     else:
-        kind = _archive_kind(file)
+        kind = "torch_save" if file.is_dir() else _archive_kind(file)
         if kind == "export":
             module, description = torch.export.load(str(file)).module(), f"torch.export program {file}"
         elif kind == "torchscript":
             module, description = torch.jit.load(str(file), map_location="cpu"), f"TorchScript module {file}"
         else:
-            module, description = _from_training_checkpoint(file, img_size)
+            module, description = _from_fastdeit_checkpoint(file, img_size)
 
     module = module.to(device)
     if not isinstance(module, torch.jit.ScriptModule):

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 from torch.optim.swa_utils import AveragedModel
 
 import fastdeit
-from fastdeit.checkpoint import hf_to_timm, read_checkpoint, timm_to_hf
 from fastdeit.models import resample_pos_embed
+from fastdeit.models.checkpoint import hf_to_timm, read_checkpoint, timm_to_hf
 from tests.helpers import hf_config, small_model
 
 transformers = pytest.importorskip("transformers")
@@ -217,5 +217,6 @@ class _Unsafe:
 
 def test_read_checkpoint_returns_timm_names(tmp_path, src):
     fastdeit.save_hf(src, tmp_path / "hf")
-    sd, fmt = read_checkpoint(tmp_path / "hf")
-    assert fmt == "huggingface" and sd.keys() == src.state_dict().keys()
+    ckpt = read_checkpoint(tmp_path / "hf")
+    assert ckpt.format == "huggingface" and ckpt.state_dict.keys() == src.state_dict().keys()
+    assert ckpt.config.differences(src.config) == []
