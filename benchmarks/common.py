@@ -212,26 +212,3 @@ def format_columns(header: Sequence[str], lines: Sequence[Sequence[str]], left: 
         return "  ".join(cells).rstrip()
 
     return [fmt(header), *map(fmt, lines)]
-
-
-def check_bench_args(argv: Sequence[str]) -> None:
-    """Parse `fastdeit bench ARGV` exactly as the command line would and check its model, provider and op names,
-    running nothing: scripts (benchmarks/run_gpu.sh's dry run) call this to catch a broken command on the CPU, before
-    it costs GPU time. A bad option exits with argparse's status 2 and message; a bad name raises ValueError."""
-    from fastdeit.cli import build_parser
-
-    from .kernels import OPS
-    from .kernels import PROVIDERS as KERNEL_PROVIDERS
-    from .models import resolve_models
-    from .providers import check_providers
-
-    args = build_parser().parse_args(["bench", *argv])
-    if args.models:
-        resolve_models(args.models)
-    if args.kernels:
-        for kind, given, known in (("provider", args.providers, KERNEL_PROVIDERS), ("op", args.ops, OPS)):
-            unknown = [n for n in given or () if n not in known]
-            if unknown:
-                raise ValueError(f"unknown kernel {kind}(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
-    elif args.providers:
-        check_providers(args.providers)

@@ -46,14 +46,12 @@ under 0.1% of a step's bytes), launch gaps, and FlashAttention-2's fp32 dQ accum
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastdeit.models import model_config
-from fastdeit.models.deit import VisionTransformer
-from fastdeit.models.registry import create_model
+from fastdeit.models.config import VisionTransformerConfig
 
 from .common import DEFAULT_CSV, format_columns, latest_rows, read_rows
 from .models import TEACHER_GFLOP_224, resolve_models
@@ -128,7 +126,7 @@ def gpu_of(name: str) -> Gpu | None:
 
 @dataclass(frozen=True)
 class Arch:
-    """What the counts need of a DeiT model: its config and the defaults of `fastdeit.create_model`."""
+    """What the counts need of a DeiT model (from its `VisionTransformerConfig`)."""
 
     name: str
     img_size: int
@@ -159,28 +157,25 @@ class Arch:
         return int(self.embed_dim * self.mlp_ratio)
 
 
-def _defaults(fn: object) -> dict[str, object]:
-    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
-
-
 def architecture(name: str, img_size: int | None = None) -> Arch:
     """The architecture of fastdeit model `name` (a full name; aliases go through `resolve_models`) at `img_size`
-    (default: the model's own), read from its config and the constructor defaults, so it is what fastdeit builds."""
-    cfg = {**_defaults(VisionTransformer), "num_classes": _defaults(create_model)["num_classes"], **model_config(name)}
-    size = img_size or cfg["img_size"]
-    if size % cfg["patch_size"]:
-        raise ValueError(f"img_size must be a multiple of the patch size {cfg['patch_size']}, got {size}")
+    (default: the model's own), read from the config fastdeit builds it from."""
+    cfg = VisionTransformerConfig(name=name, **model_config(name))
+    size = img_size or cfg.img_size[0]
+    patch = cfg.patch_size[0]
+    if size % patch:
+        raise ValueError(f"img_size must be a multiple of the patch size {patch}, got {size}")
     return Arch(
         name=name,
         img_size=size,
-        patch_size=cfg["patch_size"],
-        in_chans=cfg["in_chans"],
-        embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"],
-        num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_ratio"],
-        num_classes=cfg["num_classes"],
-        distilled=cfg["distilled"],
+        patch_size=patch,
+        in_chans=cfg.in_chans,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio,
+        num_classes=cfg.num_classes,
+        distilled=cfg.distilled,
     )
 
 

@@ -40,7 +40,7 @@ if [ -n "$DRY" ]; then
     # Dry run: each helper checks its command instead of running it.
     install() { "$PY" -c "import fastdeit.benchmarks.roofline, fastdeit.benchmarks.common" && echo "fastdeit imports"; }
     bench() {
-        "$PY" -c 'import sys; from fastdeit.benchmarks.common import check_bench_args; check_bench_args(sys.argv[1:])' \
+        "$PY" -c 'import sys; from fastdeit.benchmarks.check_args import check_bench_args; check_bench_args(sys.argv[1:])' \
             --csv "$CSV" --batch-cache "$CACHE" "$@" && echo "parses: fastdeit bench $*"
     }
     run_tests() {

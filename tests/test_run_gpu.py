@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fastdeit.benchmarks.common import check_bench_args
+from fastdeit.benchmarks.check_args import check_bench_args
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
