@@ -4,33 +4,50 @@
     model = fastdeit.create_model("deit_small_distilled_patch16_224", checkpoint="deit_small_distilled.pth")
     model = fastdeit.from_pretrained("runs/my_run")  # a training run, save_pretrained or Hugging Face folder
 
-`fastdeit.ops` (the fused kernels) and `fastdeit.patch` import triton on first use only.
+Every name below is imported on first use: `import fastdeit` imports neither torch nor triton.
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastdeit._version import __version__
-from fastdeit.models import (
-    VisionTransformer,
-    VisionTransformerConfig,
-    create_model,
-    from_pretrained,
-    list_models,
-    load_checkpoint,
-    load_model,
-    save_hf,
-    save_pretrained,
-)
 
+if TYPE_CHECKING:
+    from fastdeit.models import (
+        VisionTransformer,
+        VisionTransformerConfig,
+        create_model,
+        from_pretrained,
+        list_models,
+        load_checkpoint,
+        load_model,
+        save_hf,
+        save_pretrained,
+    )
+
+# Imported on first use: `import fastdeit` (and so `fastdeit --help`) does not import torch.
 _LAZY = {
+    **{
+        name: ("fastdeit.models", name)
+        for name in (
+            "VisionTransformer",
+            "VisionTransformerConfig",
+            "create_model",
+            "from_pretrained",
+            "list_models",
+            "load_checkpoint",
+            "load_model",
+            "save_hf",
+            "save_pretrained",
+        )
+    },
     "ops": ("fastdeit.ops", None),
     "patch": ("fastdeit.patching", "patch"),
     "patch_fastdeit": ("fastdeit.patching", "patch_fastdeit"),
     "patch_hf_deit": ("fastdeit.patching", "patch_hf_deit"),
     "patch_hf_vit": ("fastdeit.patching", "patch_hf_vit"),
     "patch_timm_vit": ("fastdeit.patching", "patch_timm_vit"),
-    "Predictor": ("fastdeit.predict", "Predictor"),
+    "Predictor": ("fastdeit.inference", "Predictor"),
     "export_model": ("fastdeit.export", "export_model"),
 }
 
