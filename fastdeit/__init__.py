@@ -4,43 +4,26 @@
     model = fastdeit.create_model("deit_small_distilled_patch16_224", checkpoint="deit_small_distilled.pth")
     model = fastdeit.from_pretrained("runs/my_run")  # a training run, save_pretrained or Hugging Face folder
 
-Every name below is imported on first use: `import fastdeit` imports neither torch nor triton.
+The public names are imported on first use: `import fastdeit` (and so `fastdeit --help`) imports neither torch nor
+triton.
 """
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastdeit._version import __version__
 
-if TYPE_CHECKING:
-    from fastdeit.models import (
-        VisionTransformer,
-        VisionTransformerConfig,
-        create_model,
-        from_pretrained,
-        list_models,
-        load_checkpoint,
-        load_model,
-        save_hf,
-        save_pretrained,
-    )
-
-# Imported on first use: `import fastdeit` (and so `fastdeit --help`) does not import torch.
+# name -> (module, attribute; None: the module itself)
 _LAZY = {
-    **{
-        name: ("fastdeit.models", name)
-        for name in (
-            "VisionTransformer",
-            "VisionTransformerConfig",
-            "create_model",
-            "from_pretrained",
-            "list_models",
-            "load_checkpoint",
-            "load_model",
-            "save_hf",
-            "save_pretrained",
-        )
-    },
+    "VisionTransformer": ("fastdeit.models", "VisionTransformer"),
+    "VisionTransformerConfig": ("fastdeit.models", "VisionTransformerConfig"),
+    "create_model": ("fastdeit.models", "create_model"),
+    "from_pretrained": ("fastdeit.models", "from_pretrained"),
+    "list_models": ("fastdeit.models", "list_models"),
+    "load_checkpoint": ("fastdeit.models", "load_checkpoint"),
+    "load_model": ("fastdeit.models", "load_model"),
+    "save_hf": ("fastdeit.models", "save_hf"),
+    "save_pretrained": ("fastdeit.models", "save_pretrained"),
     "ops": ("fastdeit.ops", None),
     "patch": ("fastdeit.patching", "patch"),
     "patch_fastdeit": ("fastdeit.patching", "patch_fastdeit"),
@@ -51,26 +34,7 @@ _LAZY = {
     "export_model": ("fastdeit.export", "export_model"),
 }
 
-__all__ = [
-    "Predictor",
-    "VisionTransformer",
-    "VisionTransformerConfig",
-    "__version__",
-    "create_model",
-    "export_model",
-    "from_pretrained",
-    "list_models",
-    "load_checkpoint",
-    "load_model",
-    "ops",
-    "patch",
-    "patch_fastdeit",
-    "patch_hf_deit",
-    "patch_hf_vit",
-    "patch_timm_vit",
-    "save_hf",
-    "save_pretrained",
-]
+__all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:
@@ -81,3 +45,7 @@ def __getattr__(name: str) -> Any:
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -5,7 +5,8 @@ end the command with one line `fastdeit CMD: error: ...` and exit status 2; any 
 its traceback. When the reader of stdout goes away early (`fastdeit predict ... | head`), the command stops quietly
 with exit status 141, as a command killed by SIGPIPE does: a script under `set -o pipefail` can tell an output cut
 short from a complete one. fastdeit's log messages at INFO and above (e.g. which checkpoint of a run folder was
-loaded) go to stderr.
+loaded) and warnings go to stderr as one line each, `fastdeit CMD: ...`; a warning's message is shown once however
+often it is raised.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 
 from fastdeit._version import __version__
@@ -47,16 +49,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _log_to_stderr(command: str) -> Iterator[None]:
-    """fastdeit's log messages at INFO and above on stderr while `command` runs, one line each."""
+def _report_to_stderr(command: str) -> Iterator[None]:
+    """While `command` runs: fastdeit's log messages at INFO and above, and warnings (each message once), on
+    stderr, one line each."""
     logger = logging.getLogger("fastdeit")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"fastdeit {command}: %(message)s"))
     level = logger.level
+    shown: set[str] = set()
+
+    def show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"fastdeit {command}: warning: {message}", file=sys.stderr)
+
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -78,7 +90,7 @@ def _stdout_closed() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(_command_in(argv)).parse_args(argv)
-    with _log_to_stderr(args.command):
+    with _report_to_stderr(args.command):
         try:
             code = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not at exit where it could not be handled

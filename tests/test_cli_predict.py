@@ -244,6 +244,22 @@ def test_run_folder_names_its_checkpoint_and_classes(capsys, tmp_path, photos):
     assert "random weights" not in stderr
 
 
+def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):
+    """A truncated newest checkpoint is passed over, said once in one line (before, for export: Python's two-line
+    `file:line: CheckpointWarning: ...` format with the source line)."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    folder = write_run(tmp_path / "run")
+    (folder / checkpoint_name(9)).write_bytes((folder / checkpoint_name(7)).read_bytes()[:1000])
+    code, _, stderr = run(capsys, "export", "--model", folder, "--format", "torchscript", "--out", tmp_path / "m.ts")
+    assert code == 0, stderr
+    warned = [line for line in stderr.splitlines() if "warning: passing over" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"fastdeit export: warning: passing over {folder}")
+    assert "CheckpointWarning" not in stderr and "warnings.warn" not in stderr
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--topk", 1, photos)
+    assert code == 0 and stderr.count("warning: passing over") == 1, stderr
+
+
 def test_export_of_a_convnet_is_a_user_error(capsys, tmp_path):
     out = tmp_path / "m.onnx"
     code, _, stderr = run(capsys, "export", "--model", "convnet_tiny", "--format", "onnx", "--out", out)

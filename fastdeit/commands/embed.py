@@ -67,4 +67,4 @@ def run(args: argparse.Namespace) -> int:
             return 1, f"{summary}\nfastdeit embed: error: none of the files could be read"
         return 0, summary
 
-    return run_reporting_warnings("embed", body)
+    return run_reporting_warnings(body)

@@ -99,19 +99,17 @@ def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> 
     )
 
 
-def run_reporting_warnings(command: str, body: Callable[[], tuple[int, str]]) -> int:
-    """Run `body`, which returns (exit code, summary); print the warnings it raised (skipped files, the PIL
-    fallback) one line each, each message once, then the summary, on stderr: after the progress bar rather than
-    through it."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
+    """Run `body`, which returns (exit code, summary); show the warnings it raised (skipped files, the PIL fallback)
+    when it is done, then print the summary on stderr: after the progress bar rather than through it."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             code, summary = body()
-        finally:
-            noise = DeprecationWarning | FutureWarning  # about libraries, not the data
-            messages = [str(w.message) for w in caught if not issubclass(w.category, noise)]
-            for message in dict.fromkeys(messages):
-                print(f"fastdeit {command}: warning: {message}", file=sys.stderr)
+    finally:
+        for w in caught:
+            if not issubclass(w.category, DeprecationWarning | FutureWarning):  # about libraries, not the data
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(summary, file=sys.stderr)
     return code
 
@@ -204,4 +202,4 @@ def run(args: argparse.Namespace) -> int:
             return 1, f"{summary}\nfastdeit predict: error: none of the files could be read"
         return 0, summary
 
-    return run_reporting_warnings("predict", body)
+    return run_reporting_warnings(body)
