@@ -434,8 +434,8 @@ def run_kernels(
     skipped (with the reason) or failed (with the error: one broken case never stops the others).
 
     Rows go to `csv` as each case finishes; a progress bar goes to stderr if `progress` (default: when stderr is a
-    terminal). Defaults: the quick GPU shape set (the tiny CPU case without a GPU),
-    bf16 on the GPU and fp32 on the CPU.
+    terminal). Defaults: the quick GPU shape set (the tiny CPU case without a GPU), bf16 on the GPU and fp32 on the
+    CPU.
     """
     for name, given, allowed in (
         ("op", ops, OPS),

@@ -58,7 +58,9 @@ def _report_to_stderr(command: str) -> Iterator[None]:
     level = logger.level
     shown: set[str] = set()
 
-    def show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    def show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, DeprecationWarning | FutureWarning):
+            return  # libraries' notices to programmers, not about what the user asked for
         if str(message) not in shown:
             shown.add(str(message))
             print(f"fastdeit {command}: warning: {message}", file=sys.stderr)

@@ -108,8 +108,7 @@ def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
             code, summary = body()
     finally:
         for w in caught:
-            if not issubclass(w.category, DeprecationWarning | FutureWarning):  # about libraries, not the data
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(summary, file=sys.stderr)
     return code
 
