@@ -292,8 +292,9 @@ class StepRunner:
     def _graphed_forward(self, x: torch.Tensor) -> Callable[[], None]:
         """Capture the forward on a static input once (fastdeit.cuda_graphs); each step copies a new batch in and
         replays the graph (the copy is part of real use, so it is timed)."""
+        static = x.clone()  # outside inference mode: each step copies into it, which an inference tensor forbids
         with torch.inference_mode():
-            graphed = capture(self.model, x.clone(), warmup=3)
+            graphed = capture(self.model, static, warmup=3)
         return lambda: graphed.run(x)
 
 

@@ -84,3 +84,16 @@ def test_captured_graph_equals_eager_with_a_padded_batch():
             x = torch.randn(n, 8, device="cuda")
             torch.testing.assert_close(graphed.run(x).clone(), layer(x))
     assert isinstance(graphed.graph, torch.cuda.CUDAGraph)
+
+
+@pytest.mark.gpu
+def test_bench_graphed_step_replays():
+    """The benchmarks' CUDA-graph provider: each timed step copies the batch into the graph's input and replays."""
+    from fastdeit.benchmarks.models import StepRunner
+    from fastdeit.benchmarks.providers import PROVIDERS, BuildSpec
+
+    spec = BuildSpec("deit_tiny_patch16_224", 32, "inference", torch.float32, torch.device("cuda"), 0.0)
+    step = StepRunner(PROVIDERS["fastdeit-cudagraph"], spec).step(4)
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
