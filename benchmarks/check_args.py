@@ -19,7 +19,7 @@ def check_bench_args(argv: Sequence[str]) -> None:
     """Parse `fastdeit bench ARGV` exactly as the command line would and check its model, provider and op names,
     running nothing: scripts (benchmarks/run_gpu.sh's dry run) call this to catch a broken command on the CPU, before
     it costs GPU time. A bad option exits with argparse's status 2 and message; a bad name raises ValueError."""
-    args = build_parser().parse_args(["bench", *argv])
+    args = build_parser("bench").parse_args(["bench", *argv])
     if args.models:
         resolve_models(args.models)
     if args.kernels:

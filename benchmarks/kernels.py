@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fastdeit._env import show_progress
+
 from .common import DEFAULT_CSV, DTYPES, Row, append_rows, format_columns, parse_dtype, resolve_device
 
 OPS = (
@@ -426,12 +428,14 @@ def run_kernels(
     dtype: str | None = None,
     device: str = "auto",
     csv: str | os.PathLike | None = DEFAULT_CSV,
+    progress: bool | None = None,
 ) -> tuple[list[KernelResult], list[str]]:
     """Time every (shape, op, provider, direction); returns the results, and one line per provider and op that was
     skipped (with the reason) or failed (with the error: one broken case never stops the others).
 
-    Rows go to `csv` as each case finishes. Defaults: the quick GPU shape set (the tiny CPU case without a GPU),
-    bf16 on the GPU and fp32 on the CPU.
+    Rows go to `csv` as each case finishes; a progress bar goes to stderr if `progress` (default: when stderr is a
+    terminal). Defaults: the quick GPU shape set (the tiny CPU case without a GPU), bf16 on the GPU and fp32 on the
+    CPU.
     """
     for name, given, allowed in (
         ("op", ops, OPS),
@@ -451,7 +455,8 @@ def run_kernels(
     skipped: dict[tuple[str, str], str] = {}
     missing: set[tuple[str, str]] = set()  # a missing package or device stays missing: not retried per shape
     failed: list[str] = []
-    for shape, op, provider, direction in tqdm(cases, desc="kernels", unit="case", file=sys.stderr):
+    bar = tqdm(cases, desc="kernels", unit="case", file=sys.stderr, disable=not show_progress(progress))
+    for shape, op, provider, direction in bar:
         if (op, provider) in missing:
             continue
         try:
@@ -563,6 +568,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         csv=None if args.no_csv else args.csv,
+        progress=getattr(args, "progress", None),
     )
     print("\n".join(skipped + ["", format_kernel_table(results), *cpu_note(args.device)]))
     return 0

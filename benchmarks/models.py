@@ -31,7 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 import fastdeit
-from fastdeit.batch_size import BatchSizeCache, find_max_batch, free_memory, is_oom
+from fastdeit._env import show_progress
+from fastdeit.batch_size import BatchSizeCache, find_max_batch, free_memory
+from fastdeit.cuda_graphs import capture
 from fastdeit.models import model_config
 
 from .common import (
@@ -121,6 +123,7 @@ class BenchConfig:
     min_time: float = 0.1
     csv: Path | None = None
     batch_cache: BatchSizeCache = field(default_factory=BatchSizeCache)
+    progress: bool | None = None  # a progress bar on stderr; None: only when stderr is a terminal
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -287,28 +290,12 @@ class StepRunner:
         return train
 
     def _graphed_forward(self, x: torch.Tensor) -> Callable[[], None]:
-        """Capture the forward on a static input once; each step copies a new batch in and replays the graph (the
-        copy is part of real use, so it is timed)."""
-        static = torch.empty_like(x)
-        static.copy_(x)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        """Capture the forward on a static input once (fastdeit.cuda_graphs); each step copies a new batch in and
+        replays the graph (the copy is part of real use, so it is timed)."""
+        static = x.clone()  # outside inference mode: each step copies into it, which an inference tensor forbids
         with torch.inference_mode():
-            # Warm-up outside the capture: autotuning runs kernels and synchronises, which a capture forbids.
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.model(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = self.model(static)
-
-        def replay() -> None:
-            static.copy_(x)
-            graph.replay()
-
-        replay.keep_alive = (graph, outputs)  # the graph's output buffers live as long as the step
-        return replay
+            graphed = capture(self.model, static, warmup=3)
+        return lambda: graphed.run(x)
 
 
 def check_teacher(name: str) -> None:
@@ -413,11 +400,8 @@ class ModelBenchmark:
             f"drop_path={c.drop_path_rate}",
             device_name("cuda"),
         )
-        batch = c.batch_cache.get(key, c.max_batch)
-        if batch is None:
-            batch = self._probe(probe, spec)
-            free_memory()  # the probe's model is gone: start the measurement from clean memory
-            c.batch_cache.set(key, batch, c.max_batch)
+        batch = c.batch_cache.get_or_probe(key, c.max_batch, lambda: self._probe(probe, spec))
+        free_memory()  # the probe's model is gone: start the measurement from clean memory
         return batch
 
     def _probe(self, provider: Provider, spec: BuildSpec) -> int:
@@ -427,7 +411,7 @@ class ModelBenchmark:
             runner.step(batch)()
             torch.cuda.synchronize()
 
-        return find_max_batch(one_step, cap=self.cfg.max_batch)
+        return find_max_batch(one_step, cap=self.cfg.max_batch, what=f"{spec.name} ({provider.name})")
 
     def _measure(self, provider: Provider, spec: BuildSpec) -> Measurement:
         c = self.cfg
@@ -435,23 +419,16 @@ class ModelBenchmark:
         runner = self._runner(provider, spec)
         if c.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        while True:
-            oom = False
-            try:
-                step = runner.step(batch)
-                _, seconds = repeat_timings(
-                    step, device=c.device, warmup=c.warmup, repeats=c.repeats, min_time=c.min_time
-                )
-            except Exception as e:
-                if not is_oom(e) or batch == 1:
-                    raise
-                oom = True
-            if not oom:
-                break
-            # The probe's size did not survive repeated steps (fragmentation): back off and retry.
-            step = None
-            free_memory()
-            batch = _shrink(batch)
+        seconds: list[float] = []
+
+        def timed(size: int) -> None:
+            _, seconds[:] = repeat_timings(
+                runner.step(size), device=c.device, warmup=c.warmup, repeats=c.repeats, min_time=c.min_time
+            )
+
+        # The probe's size may not survive repeated steps (fragmentation): back off by quarters until one does.
+        what = f"{spec.name} ({provider.name}, {spec.mode})"
+        batch = find_max_batch(timed, start=batch, cap=batch, shrink=_shrink, what=what)
         peak = torch.cuda.max_memory_allocated() / 2**30 if c.device.type == "cuda" else None
         rates = sorted(batch / s for s in seconds)
         mfu = None
@@ -502,7 +479,10 @@ class ModelBenchmark:
         runs = [(model, mode, p) for mode in c.modes for model in c.models for p in per_mode[mode]]
         for line in outcome.skipped:
             print(line)
-        bar = tqdm(runs, desc="fastdeit bench", unit="run", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            runs, desc="fastdeit bench", unit="run", file=sys.stderr, dynamic_ncols=True,
+            disable=not show_progress(c.progress),
+        )  # fmt: skip
         for model, mode, provider in bar:
             bar.set_postfix_str(f"{model} {provider.name} {mode}")
             try:

@@ -114,7 +114,7 @@ define inference-compile-fastdeit 60 40 'bench --mode inference --models b-dist 
 define training-compile 100 75 'bench --mode training --models b-dist --batch-size 256 --providers timm-compile'
 define kernels 75 30 'bench --kernels --providers fastdeit torch sdpa-flash sdpa-efficient sdpa-cudnn xformers apex'
 define tests-cuda 100 40 'run_tests cuda -m "not gpu" tests; rc=$?
-    run_tests gpu-rest -m gpu tests/test_predict.py || rc=1; exit $rc'
+    run_tests gpu-rest -m gpu tests/test_predict.py tests/test_cuda_graphs.py || rc=1; exit $rc'
 define inference-rest 60 30 "bench --mode inference --models $REST --batch-size 1024 --repeats 5 --warmup 2 \
     --providers fastdeit fastdeit-cudagraph timm"
 define inference-peers 90 30 'bench --mode inference --models all --batch-size 1024 --repeats 5 --warmup 2 \

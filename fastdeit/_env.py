@@ -1,8 +1,11 @@
-"""Machine facts needed before triton is imported (this module imports neither torch nor triton)."""
+"""Facts about the machine and the environment (GPU, cache folder, terminal), read without importing torch or
+triton: some are needed before triton is first imported."""
 
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 
 def has_cuda_gpu() -> bool:
@@ -21,3 +24,18 @@ def interpret_triton_without_gpu() -> None:
     """
     if not has_cuda_gpu():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def cache_dir() -> Path:
+    """fastdeit's cache folder (probed batch sizes, the digits dataset): $FASTDEIT_CACHE_DIR when set, else
+    fastdeit/ under the XDG cache home ($XDG_CACHE_HOME, by default ~/.cache). Not created here."""
+    explicit = os.environ.get("FASTDEIT_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fastdeit"
+
+
+def show_progress(flag: bool | None) -> bool:
+    """Whether to draw a progress bar on stderr: `flag` when given (--progress / --no-progress), else only on a
+    terminal: in a pipe or a log file the bar's redraws are noise."""
+    return flag if flag is not None else sys.stderr.isatty()

@@ -1,8 +1,9 @@
-"""The largest batch that fits (used by the benchmarks, as the DeiT paper measures throughput, and by the Predictor):
-double until out of memory, then bisect.
+"""The largest batch that fits: the one search every caller uses (the benchmarks, as the DeiT paper measures
+throughput; the Predictor; the benchmarks' back-off when a measured step runs out of memory after all).
 
-Probing costs one step per tried size, so results are cached in a JSON file under ~/.cache/fastdeit (or
-$XDG_CACHE_HOME/fastdeit), keyed by what changes memory use: model, provider, mode, dtype, image size, teacher, GPU.
+Probing costs one step per tried size, so results are cached in a JSON file in fastdeit's cache folder
+(`fastdeit._env.cache_dir()`), keyed by what changes memory use: model, provider, mode, dtype, image size, teacher,
+GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from fastdeit._env import cache_dir
+from fastdeit.io import atomic_write
 
 
 def is_oom(err: BaseException) -> bool:
@@ -30,6 +34,10 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def halve(batch: int) -> int:
+    return batch // 2
 
 
 def _fits(step: Callable[[int], object], batch: int, on_oom: Callable[[], None]) -> bool:
@@ -52,25 +60,30 @@ def find_max_batch(
     start: int = 32,
     cap: int = 1024,
     multiple: int = 8,
+    shrink: Callable[[int], int] = halve,
     on_oom: Callable[[], None] = free_memory,
+    what: str = "the step",
 ) -> int:
-    """The largest batch in [1, cap] for which `step(batch)` does not run out of memory.
+    """The largest batch in [1, cap] for which `step(batch)` does not run out of memory (other errors propagate).
 
-    Doubles from `start` until a step runs out of memory (or `cap` is reached), then bisects between the last size
-    that fitted and the first that did not, in steps of `multiple` (tensor cores prefer multiples of 8), stopping
-    within 1/8 of the answer: throughput is flat that close to the limit. Below `start` it halves instead.
-    Raises RuntimeError when even a batch of 1 does not fit.
+    From `start`: if it fits, doubles until a step runs out of memory (or `cap` is reached), then bisects between
+    the last size that fitted and the first that did not, in steps of `multiple` (tensor cores prefer multiples of
+    8), stopping within 1/8 of the answer: throughput is flat that close to the limit. If `start` does not fit,
+    tries `shrink(batch)` (default: half) until a size fits, and returns that one. So `start=cap` searches
+    downwards only: the first size that fits is the answer, and no larger size is ever run.
+
+    Raises RuntimeError, naming `what`, when even a batch of 1 does not fit.
     """
     if start < 1 or cap < 1:
         raise ValueError(f"start and cap must be >= 1, got start={start}, cap={cap}")
     good = min(start, cap)
     if not _fits(step, good, on_oom):
-        good //= 2
-        while good >= 1 and not _fits(step, good, on_oom):
-            good //= 2
-        if good < 1:
-            raise RuntimeError("out of memory even at batch size 1")
-        return good
+        while True:
+            good = min(shrink(good), good - 1)
+            if good < 1:
+                raise RuntimeError(f"{what} runs out of memory even at batch size 1")
+            if _fits(step, good, on_oom):
+                return good
     bad = None
     while good < cap:
         trial = min(2 * good, cap)
@@ -92,7 +105,8 @@ def find_max_batch(
 
 
 def default_cache_path() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastdeit" / "bench_batch_sizes.json"
+    """The benchmarks' batch-size cache: bench_batch_sizes.json in fastdeit's cache folder."""
+    return cache_dir() / "bench_batch_sizes.json"
 
 
 class BatchSizeCache:
@@ -126,7 +140,13 @@ class BatchSizeCache:
     def set(self, key: str, batch: int, cap: int) -> None:
         data = self._load()
         data[key] = {"batch": int(batch), "cap": int(cap)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(self.path)  # atomic: a run killed mid-write leaves the old cache intact
+        # Atomic: a run killed mid-write leaves the old cache intact.
+        atomic_write(self.path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, sort_keys=True)))
+
+    def get_or_probe(self, key: str, cap: int, probe: Callable[[], int]) -> int:
+        """The cached batch for `key` under `cap`, else `probe()`'s answer, which is cached."""
+        batch = self.get(key, cap)
+        if batch is None:
+            batch = probe()
+            self.set(key, batch, cap)
+        return batch

@@ -10,6 +10,12 @@ is exported in fp32 on the CPU with a dynamic batch dimension; its input is `ima
 image size, already preprocessed (as `fastdeit.data`'s eval transform does), its output `logits` (B, num_classes)
 (`features` (B, embed_dim) for a model without head).
 
+Every exported file carries the model's facts (`model_metadata`): class names, image size, mean and std,
+crop_pct, interpolation, the full model config and the fastdeit version. ONNX: in the model's `metadata_props`
+(onnxruntime: `session.get_modelmeta().custom_metadata_map`); TorchScript and ExportedProgram: in the extra file
+"fastdeit.json" (a JSON object). ONNX metadata values are strings: each is JSON text there. `read_metadata(path,
+format)` reads them back, decoded.
+
 Every export is verified: the written file is loaded and run on a batch of another size than the one traced, and
 its outputs are compared with the eager model's; the largest absolute difference is reported and an export above
 the tolerance raises ExportVerificationError. The file is written atomically: a failed export leaves nothing behind.
@@ -26,16 +32,18 @@ Formats:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from fastdeit._version import __version__
 from fastdeit.models import VisionTransformer
 
 FORMATS = ("onnx", "torchscript", "exported-program")
@@ -45,6 +53,7 @@ ONNX_EXPORTERS = ("auto", "dynamo", "legacy")
 DEFAULT_ATOL = 1e-3
 _TRACE_BATCH = 2  # not 1: a batch of 1 would let the exporters specialize the batch dimension
 _VERIFY_BATCH = 3  # another size than the traced one, to check that the batch dimension stayed dynamic
+METADATA_FILE = "fastdeit.json"  # the extra file of TorchScript and ExportedProgram files holding the metadata
 
 
 class ExportVerificationError(RuntimeError):
@@ -56,7 +65,8 @@ class ExportResult:
     """What `export_model` wrote and how it was checked.
 
     `exporter` names the exporter used; `verified_with` the runtime that ran the file (None when none was
-    available, see `note`); `max_abs_diff` the largest absolute difference from the eager outputs.
+    available, see `note`); `max_abs_diff` the largest absolute difference from the eager outputs; `metadata` what
+    the file records about the model (`model_metadata`).
     """
 
     path: Path
@@ -65,17 +75,86 @@ class ExportResult:
     verified_with: str | None
     max_abs_diff: float | None
     tolerance: float
+    metadata: dict[str, Any]
     note: str = ""
 
     def summary(self) -> str:
         size = self.path.stat().st_size / 2**20
-        line = f"exported to {self.path} ({self.format}, {size:.1f} MiB) with {self.exporter}"
+        names = self.metadata["class_names"]
+        height, width = self.metadata["img_size"]
+        line = (
+            f"exported to {self.path} ({self.format}, {size:.1f} MiB) with {self.exporter}\n"
+            f"metadata in the file: {f'{len(names)} class names' if names else 'no class names'}, {height}x{width} "
+            f"input, mean {self.metadata['mean']}, std {self.metadata['std']}, the model config"
+        )
         if self.verified_with is None:
             return f"{line}\nnot verified: {self.note}"
         return (
             f"{line}\nverified with {self.verified_with} on a batch of {_VERIFY_BATCH}: max abs diff of the outputs "
             f"vs eager PyTorch {self.max_abs_diff:.3g} (tolerance {self.tolerance:g})"
         )
+
+
+def model_metadata(model: VisionTransformer) -> dict[str, Any]:
+    """The facts an exported file records about `model` (plain JSON types): what the input must be (image size,
+    mean, std; crop_pct and interpolation of the eval resize), what the outputs mean (class names, None when
+    unknown), the full model config and the fastdeit version."""
+    c = model.config
+    return {
+        "fastdeit_version": __version__,
+        "architecture": c.name,
+        "class_names": list(c.class_names) if c.class_names is not None else None,
+        "img_size": list(c.img_size),
+        "mean": list(c.mean),
+        "std": list(c.std),
+        "crop_pct": c.crop_pct,
+        "interpolation": c.interpolation,
+        "input": "images (B, 3, H, W) float32: RGB scaled to [0, 1], then normalised with mean and std",
+        "output": "logits (B, num_classes)" if c.num_classes > 0 else "features (B, embed_dim), pre-logits",
+        "model_config": c.to_dict(),
+    }
+
+
+def read_metadata(path: str | os.PathLike, format: Literal["onnx", "torchscript", "exported-program"]) -> dict:
+    """The metadata `export_model` wrote into the file at `path`, values decoded from JSON ({} if it has none)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    path = os.fspath(path)
+    if format == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        decoded = {}
+        for key, value in props.items():
+            try:
+                decoded[key] = json.loads(value)
+            except ValueError:
+                decoded[key] = value  # an exporter's own entry, not JSON: kept as written
+        return decoded
+    files = {METADATA_FILE: ""}
+    if format == "torchscript":
+        _load_torchscript(path, files)
+    else:
+        torch.export.load(path, extra_files=files)
+    return json.loads(files[METADATA_FILE]) if files[METADATA_FILE] else {}
+
+
+def _load_torchscript(path: str, extra_files: dict[str, str]) -> torch.jit.ScriptModule:
+    """`torch.jit.load`, filling `extra_files` with the file's extra files of those names."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)  # said in the module docstring
+        return torch.jit.load(path, _extra_files=extra_files)
+
+
+def _write_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in metadata.items():
+        entry = existing[key] if key in existing else model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value, ensure_ascii=False)
+    onnx.save(model, str(path))
 
 
 def onnxscript_available() -> bool:
@@ -121,27 +200,25 @@ def _export_onnx(
     return f"torch.onnx.export (TorchScript-based, opset {opset})"
 
 
-def _export_torchscript(model: VisionTransformer, x: torch.Tensor, path: Path) -> str:
+def _export_torchscript(model: VisionTransformer, x: torch.Tensor, path: Path, extra_files: dict[str, str]) -> str:
     with warnings.catch_warnings():
         # As for ONNX: the shape checks are constant in the trace; and TorchScript is deprecated, as the docs say.
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.jit.save(torch.jit.trace(model, x), str(path))
+        torch.jit.save(torch.jit.trace(model, x), str(path), _extra_files=extra_files)
     return "torch.jit.trace"
 
 
-def _export_program(model: VisionTransformer, x: torch.Tensor, path: Path) -> str:
+def _export_program(model: VisionTransformer, x: torch.Tensor, path: Path, extra_files: dict[str, str]) -> str:
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(path))
+    torch.export.save(program, str(path), extra_files=extra_files)
     return "torch.export.export"
 
 
 def _runner(fmt: str, path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str | None, str]:
     """A function running the exported file, the runtime's name, and why there is none (if so)."""
     if fmt == "torchscript":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=DeprecationWarning)  # said in the module docstring
-            module = torch.jit.load(str(path))
+        module = _load_torchscript(str(path), {})
         return module, f"torch.jit.load (torch {torch.__version__})", ""
     if fmt == "exported-program":
         module = torch.export.load(str(path)).module()
@@ -173,12 +250,14 @@ def export_model(
 ) -> ExportResult:
     """Export `model` to `path` in `format` and verify the file against the eager model (see the module docstring).
 
-    The model is put in eval mode, fp32, on the CPU, in place. `onnx_exporter`: "auto" (torch.export-based when
+    The file carries the model's facts (`model_metadata`). The model is put in eval mode, fp32, on the CPU, in
+    place. `onnx_exporter`: "auto" (torch.export-based when
     onnxscript is installed, else TorchScript-based), "dynamo" or "legacy"; `opset`: ONNX opset (default 18 for
     dynamo, 17 for legacy).
 
     Raises:
-        ValueError: unknown format or exporter, a model on the Triton backend.
+        ValueError: unknown format or exporter, a model on the Triton backend, ONNX without the onnx package (which
+            writes the metadata).
         ExportVerificationError: the file's outputs differ from the eager outputs by more than `atol`.
     """
     if format not in FORMATS:
@@ -192,6 +271,13 @@ def export_model(
             "the fused Triton kernels cannot be exported; build the model with backend='torch' "
             "(same weights, same outputs up to rounding)"
         )
+    if format == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise ValueError(
+            "ONNX export writes the model's class names and preprocessing into the file with the onnx "
+            "package, which is not installed (pip install onnx)"
+        )
+    metadata = model_metadata(model)
+    extra_files = {METADATA_FILE: json.dumps(metadata, ensure_ascii=False)}
     # backend "auto" runs the PyTorch ops on CPU tensors, so it traces like "torch".
     model = model.eval().float().cpu()
     output = "logits" if model.num_classes > 0 else "features"
@@ -206,10 +292,11 @@ def export_model(
         tmp = Path(tmp_dir) / path.name
         if format == "onnx":
             exporter = _export_onnx(model, x, tmp, output, onnx_exporter, opset)
+            _write_onnx_metadata(tmp, metadata)
         elif format == "torchscript":
-            exporter = _export_torchscript(model, x, tmp)
+            exporter = _export_torchscript(model, x, tmp, extra_files)
         else:
-            exporter = _export_program(model, x, tmp)
+            exporter = _export_program(model, x, tmp, extra_files)
         run, runtime, note = _runner(format, tmp)
         diff = None
         if run is not None:
@@ -226,4 +313,4 @@ def export_model(
                     f"(tolerance {atol:g}); nothing was written to {str(path)!r}"
                 )
         os.replace(tmp, path)
-    return ExportResult(path, format, exporter, runtime, diff, atol, note)
+    return ExportResult(path, format, exporter, runtime, diff, atol, metadata, note)

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,17 +15,11 @@ from safetensors import safe_open
 
 import fastdeit
 import fastdeit.cli as cli
-from fastdeit.predict import imagenet_labels
+from fastdeit.inference import imagenet_labels
 
 skimage_data = pytest.importorskip("skimage.data")
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-
-
-@pytest.fixture(autouse=True)
-def only_these_commands(monkeypatch):
-    """Register only the sub-commands under test, so these tests do not depend on the others' modules."""
-    monkeypatch.setattr(cli, "COMMANDS", ("predict", "embed", "export"))
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -134,7 +129,7 @@ def test_embed_safetensors(capsys, tmp_path, models, photos):
     assert json.loads(metadata["paths"]) == photo_paths(photos)
     assert metadata["features"] == "pre_logits"
     # Row i is the pre-logits embedding of paths[i], as the Python API computes it.
-    expected = fastdeit.Predictor(models[10], device="cpu").embed(photo_paths(photos))
+    expected = fastdeit.Predictor(models[10], device="cpu").embed(photo_paths(photos)).features
     torch.testing.assert_close(features, expected)
 
 
@@ -194,3 +189,143 @@ def test_pil_fallback_is_said(capsys, monkeypatch, models, photos):
     assert code == 0
     assert "DALI is not importable (No module named 'nvidia.dali'); using the slower PIL fallback" in stderr
     assert "decoder: PIL on the CPU (DALI is not importable)" in stderr
+
+
+# --- progress bars -----------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_only_on_a_terminal_unless_asked(capsys, models, photos):
+    """stderr is not a terminal here: no bar by default; --progress draws one anyway (before: no such option)."""
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", "pil", photos)
+    assert code == 0 and "/5 [" not in stderr and "\r" not in stderr
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", "pil", "--progress", photos)
+    assert code == 0 and "/5 [" in stderr  # tqdm: "  0%|   | 0/5 [00:00<?, ?img/s]"
+    code, _, stderr = run(capsys, "embed", "--model", models[10], "--out", photos.parent / "f.safetensors", photos)
+    assert code == 0 and "/5 [" not in stderr
+
+
+# --- training runs -----------------------------------------------------------------------------------------------
+
+RUN_CLASSES = ("cat", "coffee", "rocket")
+
+
+def write_run(folder: Path) -> Path:
+    """A training run folder holding one checkpoint with the keys train.py writes that loading reads."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    torch.manual_seed(0)
+    model = fastdeit.create_model(
+        "deit_tiny_patch16_224", num_classes=3, img_size=64, patch_size=16, depth=2, embed_dim=64, num_heads=2,
+        backend="torch",
+    )  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "config": {"model": model.model_name},
+        "model_name": model.model_name,
+        "model_config": model.model_config,
+        "class_names": list(RUN_CLASSES),
+        "step": 7,
+    }
+    folder.mkdir(parents=True)
+    torch.save(state, folder / checkpoint_name(7))
+    return folder
+
+
+def test_run_folder_names_its_checkpoint_and_classes(capsys, tmp_path, photos):
+    """The library logs which checkpoint of a run folder it used; the command line shows that line (before: the
+    INFO record went nowhere)."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    folder = write_run(tmp_path / "run")
+    code, stdout, stderr = run(capsys, "predict", "--model", folder, "--topk", 1, photos)
+    assert code == 0, stderr
+    assert f"fastdeit predict: {folder}: using {checkpoint_name(7)}, the newest of 1 checkpoint(s)" in stderr
+    assert {line.split(": ")[1].split()[0] for line in stdout.splitlines()} <= set(RUN_CLASSES)
+    assert "random weights" not in stderr
+
+
+def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):
+    """A truncated newest checkpoint is passed over, said once in one line (before, for export: Python's two-line
+    `file:line: CheckpointWarning: ...` format with the source line)."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    folder = write_run(tmp_path / "run")
+    (folder / checkpoint_name(9)).write_bytes((folder / checkpoint_name(7)).read_bytes()[:1000])
+    code, _, stderr = run(capsys, "export", "--model", folder, "--format", "torchscript", "--out", tmp_path / "m.ts")
+    assert code == 0, stderr
+    warned = [line for line in stderr.splitlines() if "warning: passing over" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"fastdeit export: warning: passing over {folder}")
+    assert "CheckpointWarning" not in stderr and "warnings.warn" not in stderr
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--topk", 1, photos)
+    assert code == 0 and stderr.count("warning: passing over") == 1, stderr
+
+
+def test_export_of_a_convnet_is_a_user_error(capsys, tmp_path):
+    out = tmp_path / "m.onnx"
+    code, _, stderr = run(capsys, "export", "--model", "convnet_tiny", "--format", "onnx", "--out", out)
+    assert code == 2 and "fastdeit export exports DeiT models; --model convnet_tiny is" in stderr
+    assert not out.exists()
+
+
+def photo_image_folder(root: Path) -> Path:
+    """An ImageFolder of scikit-image photos: root/{train,val}/{cat,coffee,rocket}/*.jpg, 8 and 2 crops per class."""
+    sources = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
+    rng = np.random.default_rng(0)
+    for name, photo in sources.items():
+        image = Image.fromarray(getattr(skimage_data, photo)())
+        for split, count in (("train", 8), ("val", 2)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                w, h = image.size
+                side = int(min(w, h) * rng.uniform(0.6, 1.0))
+                left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+                crop = image.crop((left, top, left + side, top + side)).resize((48, 48))
+                crop.save(root / split / name / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, image folder): train/train.py for one epoch on the photos, as a user would."""
+    from tests.train.helpers import run_train, tiny_args
+
+    root = tmp_path_factory.mktemp("trained")
+    data = photo_image_folder(root / "photos")
+    args = tiny_args(
+        data=data, output_dir=root / "run", epochs=1, batch_size=8, distillation_type="none", model_ema="false"
+    )
+    proc = run_train(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run", data
+
+
+@pytest.mark.slow
+def test_trained_run_predicts_embeds_and_exports_with_no_architecture_flags(capsys, tmp_path, trained_run):
+    """`--model RUN_DIR` alone: predict prints the run's class names, embed writes its features, export writes a
+    verified file that carries the class names and the preprocessing."""
+    from fastdeit.export import read_metadata
+
+    run_dir, data = trained_run
+    val = sorted(str(p) for p in (data / "val").rglob("*.jpg"))
+    code, stdout, stderr = run(capsys, "predict", "--model", run_dir, "--topk", 2, *val)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == val
+    for line in lines:  # "path: rocket 0.4121, cat 0.3010"
+        labels = [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+        assert len(labels) == 2 and set(labels) <= set(RUN_CLASSES)
+    assert "using ckpt_" in stderr and "random weights" not in stderr
+
+    out = tmp_path / "feats.safetensors"
+    code, _, stderr = run(capsys, "embed", "--model", run_dir, "--out", out, data / "val")
+    assert code == 0, stderr
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("features").shape == (6, 32) and json.loads(f.metadata()["paths"]) == val
+
+    onnx_file = tmp_path / "run.onnx"
+    code, stdout, stderr = run(capsys, "export", "--model", run_dir, "--format", "onnx", "--out", onnx_file)
+    assert code == 0, stderr
+    assert "verified with" in stdout and "metadata in the file: 3 class names, 16x16 input" in stdout
+    metadata = read_metadata(onnx_file, "onnx")
+    assert metadata["class_names"] == list(RUN_CLASSES) and metadata["img_size"] == [16, 16]
+    assert metadata["model_config"]["depth"] == 2 and metadata["model_config"]["patch_size"] == [4, 4]

@@ -1,16 +1,19 @@
 """fastdeit.export: ONNX (onnxruntime), TorchScript and ExportedProgram round trips with a dynamic batch, the
-verification, and clear errors."""
+model's facts (class names, preprocessing, config) carried in every file, the verification, and clear errors."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
 import fastdeit
 import fastdeit.export as export
-from fastdeit.export import ExportVerificationError, export_model
+from fastdeit.export import METADATA_FILE, ExportVerificationError, export_model, read_metadata
+
+CLASSES = tuple(f"kind {i}" for i in range(10))
 
 
 def tiny_model(num_classes: int = 10, backend: str = "torch") -> fastdeit.VisionTransformer:
@@ -18,8 +21,17 @@ def tiny_model(num_classes: int = 10, backend: str = "torch") -> fastdeit.Vision
     torch.manual_seed(0)
     return fastdeit.create_model(
         "deit_tiny_distilled_patch16_224", num_classes=num_classes, img_size=32, patch_size=8, depth=2, embed_dim=64,
-        num_heads=2, backend=backend,
+        num_heads=2, backend=backend, class_names=CLASSES if num_classes == 10 else None,
     )  # fmt: skip
+
+
+def check_metadata(metadata: dict, model: fastdeit.VisionTransformer) -> None:
+    """The file says what its input must be and what its outputs mean (before: nothing but the graph)."""
+    assert metadata["class_names"] == (list(CLASSES) if model.num_classes == 10 else None)
+    assert metadata["img_size"] == [32, 32] and metadata["crop_pct"] == model.config.crop_pct
+    assert metadata["mean"] == list(model.config.mean) and metadata["std"] == list(model.config.std)
+    assert metadata["interpolation"] == "bicubic" and metadata["fastdeit_version"] == fastdeit.__version__
+    assert fastdeit.VisionTransformerConfig.from_dict(metadata["model_config"]) == model.config
 
 
 def eager(model: fastdeit.VisionTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -44,6 +56,12 @@ def test_onnx_round_trip_with_onnxruntime(tmp_path, exporter):
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert [o.name for o in session.get_outputs()] == ["logits"]
+    # Read by onnxruntime itself: each value is JSON text; read_metadata decodes them.
+    custom = session.get_modelmeta().custom_metadata_map
+    assert json.loads(custom["class_names"]) == list(CLASSES) and json.loads(custom["img_size"]) == [32, 32]
+    metadata = read_metadata(tmp_path / "model.onnx", "onnx")
+    check_metadata(metadata, reference)
+    assert {key: metadata[key] for key in result.metadata} == result.metadata
     for batch in (1, 5):  # the batch dimension is dynamic
         x = torch.randn(batch, 3, 32, 32)
         (logits,) = session.run(None, {"images": x.numpy()})
@@ -56,7 +74,10 @@ def test_torchscript_round_trip(tmp_path):
     model = tiny_model()
     result = export_model(model, tmp_path / "model.ts", "torchscript")
     assert result.max_abs_diff < ATOL
-    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    extra_files = {METADATA_FILE: ""}
+    loaded = torch.jit.load(str(tmp_path / "model.ts"), _extra_files=extra_files)
+    check_metadata(json.loads(extra_files[METADATA_FILE]), model)
+    assert read_metadata(tmp_path / "model.ts", "torchscript") == result.metadata
     for batch in (1, 4):
         x = torch.randn(batch, 3, 32, 32)
         torch.testing.assert_close(loaded(x), eager(model, x), rtol=0, atol=ATOL)
@@ -67,7 +88,10 @@ def test_exported_program_round_trip_headless(tmp_path):
     model = tiny_model(num_classes=0)
     result = export_model(model, tmp_path / "model.pt2", "exported-program")
     assert result.max_abs_diff < ATOL and result.verified_with.startswith("torch.export.load")
-    loaded = torch.export.load(str(tmp_path / "model.pt2")).module()
+    extra_files = {METADATA_FILE: ""}
+    loaded = torch.export.load(str(tmp_path / "model.pt2"), extra_files=extra_files).module()
+    check_metadata(json.loads(extra_files[METADATA_FILE]), model)
+    assert json.loads(extra_files[METADATA_FILE])["output"].startswith("features (B, embed_dim)")
     x = torch.randn(4, 3, 32, 32)
     out = loaded(x)
     assert out.shape == (4, 64)

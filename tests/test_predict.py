@@ -1,5 +1,6 @@
-"""fastdeit.Predictor: predictions equal the model's own forward, DALI and PIL agree, bad files are skipped, bad
-arguments fail before any work; the CUDA paths (graphs, padded last batch, bf16, pinned copies) on a GPU."""
+"""fastdeit.Predictor (fastdeit.inference): predictions equal the model's own forward, DALI and PIL agree, bad files
+are skipped, bad arguments fail before any work, uint8 pixels are normalised with the model's mean/std; the CUDA
+paths (graphs, padded last batch, bf16, pinned copies) on a GPU."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fastdeit
+from fastdeit.cuda_graphs import GraphPool
 from fastdeit.data import DataWarning, dali_available
-from fastdeit.predict import Predictions, collect_images, imagenet_labels, read_labels
+from fastdeit.inference import Embeddings, Predictions, collect_images, imagenet_labels, read_labels
+from tests.graph_helpers import eager_capture
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -100,8 +103,10 @@ def test_tensor_predictions_equal_model_forward(distilled):
     # Only the channels-last layout of the patch-embedding conv differs: fp32 rounding.
     torch.testing.assert_close(preds.probs, probs, rtol=1e-5, atol=1e-6)
     assert preds.sources == [0, 1, 2, 3, 4]
-    torch.testing.assert_close(predictor.embed(x), features, rtol=1e-5, atol=1e-5)
-    assert predictor.last_sources == [0, 1, 2, 3, 4]
+    embeddings = predictor.embed(x)
+    assert isinstance(embeddings, Embeddings) and len(embeddings) == 5
+    torch.testing.assert_close(embeddings.features, features, rtol=1e-5, atol=1e-5)
+    assert embeddings.sources == [0, 1, 2, 3, 4] and embeddings.report.images == 5
 
 
 def test_result_type_and_report():
@@ -116,7 +121,6 @@ def test_result_type_and_report():
     assert report.images == 3 and report.skipped == {} and report.dtype == "fp32" and not report.cuda_graphs
     assert report.batch_size == 4  # 3 images: the next power of two, not the CPU default of 32
     assert report.images_per_second > 0 and "images/s" in report.summary()
-    assert predictor.last_report is report
 
 
 def test_no_labels_for_other_class_counts_unless_given(tmp_path):
@@ -142,7 +146,7 @@ def test_files_dali_cpu_and_pil_agree(photos):
     assert a.sources == b.sources == [str(p) for p in photos]
     assert torch.equal(a.indices[:, 0], b.indices[:, 0])
     torch.testing.assert_close(full_probs(a, 10), full_probs(b, 10), rtol=0, atol=1e-2)
-    assert F.cosine_similarity(dali.embed(photos), pil.embed(photos)).min() > 0.999
+    assert F.cosine_similarity(dali.embed(photos).features, pil.embed(photos).features).min() > 0.999
     assert a.report.decoder == "DALI on the CPU" and b.report.decoder.startswith("PIL")
 
 
@@ -195,7 +199,8 @@ def test_every_file_unreadable_gives_empty_results(tmp_path):
         preds = predictor.predict(tmp_path, topk=2)
     assert len(preds) == 0 and preds.indices.shape == (0, 2) and list(preds.report.skipped) == [str(tmp_path / "x.jpg")]
     with pytest.warns(DataWarning):
-        assert predictor.embed(tmp_path).shape == (0, 64)
+        embeddings = predictor.embed(tmp_path)
+    assert embeddings.features.shape == (0, 64) and embeddings.sources == []
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
@@ -248,38 +253,56 @@ def test_cuda_asked_for_without_a_gpu():
         fastdeit.Predictor(tiny_model(), device="cuda")
 
 
-def test_graph_path_pads_the_last_batch(monkeypatch):
-    """The CUDA-graph bookkeeping, on the CPU with a stand-in graph that replays `_step` eagerly: every replay runs
-    the full captured batch, the short last batch is padded with the previous batch's rows, and those are dropped."""
-    from fastdeit.predict import _Graph
-
+def test_graph_path_pads_the_last_batch():
+    """The CUDA-graph path of the Predictor on the CPU, with graphs replayed eagerly: every replay runs the full
+    captured batch, the short last batch is padded with the previous batch's rows, and those are dropped."""
     model = tiny_model()
     reference = fastdeit.Predictor(copy.deepcopy(model), device="cpu")
     predictor = fastdeit.Predictor(copy.deepcopy(model), device="cpu", batch_size=4)
+    replays: list[int] = []
     predictor.cuda_graphs = True
-    replayed: list[int] = []
-
-    class EagerGraph:
-        def __init__(self, inputs: torch.Tensor, pre_logits: bool) -> None:
-            self.inputs, self.pre_logits = inputs, pre_logits
-            self.output = predictor._step(inputs, pre_logits)
-
-        def replay(self) -> None:
-            replayed.append(self.inputs.shape[0])
-            self.output.copy_(predictor._step(self.inputs, self.pre_logits))
-
-    def graph(batch: int, pre_logits: bool) -> _Graph:
-        if (batch, pre_logits) not in predictor._graphs:
-            fake = EagerGraph(torch.zeros(batch, 3, 64, 64), pre_logits)
-            predictor._graphs[batch, pre_logits] = _Graph(fake, fake.inputs, fake.output)
-        return predictor._graphs[batch, pre_logits]
-
-    monkeypatch.setattr(predictor, "_graph", graph)
+    predictor._graphs = GraphPool(predictor._step, (3, 64, 64), "cpu", capture_fn=eager_capture(replays))
     x = torch.randn(7, 3, 64, 64)
     preds, expected = predictor.predict(x, topk=10), reference.predict(x, topk=10)
-    assert replayed == [4, 4] and len(preds) == 7 and preds.sources == list(range(7))
+    assert replays == [4, 4] and len(preds) == 7 and preds.sources == list(range(7))
     torch.testing.assert_close(full_probs(preds, 10), full_probs(expected, 10))
-    torch.testing.assert_close(predictor.embed(x), reference.embed(x))
+    torch.testing.assert_close(predictor.embed(x).features, reference.embed(x).features)
+    assert sorted(predictor._graphs.graphs) == [(4, False), (4, True)]  # one graph per batch and output kind
+
+
+# --- tensor input ------------------------------------------------------------------------------------------------
+
+
+def test_uint8_pixels_are_normalised_with_the_model_mean_and_std():
+    """uint8 (B, 3, S, S) pixels give what the same images preprocessed by hand give (before: a ValueError)."""
+    model = tiny_model()
+    predictor = fastdeit.Predictor(model, device="cpu", batch_size=2)
+    pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.std).view(1, 3, 1, 1)
+    by_hand = (pixels.float() / 255 - mean) / std
+    got, expected = predictor.predict(pixels, topk=10), predictor.predict(by_hand, topk=10)
+    torch.testing.assert_close(full_probs(got, 10), full_probs(expected, 10))
+    torch.testing.assert_close(predictor.embed(pixels).features, predictor.embed(by_hand).features)
+
+
+def test_float_tensors_of_other_dtypes_are_cast():
+    """Preprocessed images in bf16 or fp64 run on an fp32 Predictor as the same values in fp32."""
+    predictor = fastdeit.Predictor(tiny_model(), device="cpu")
+    x = torch.randn(2, 3, 64, 64).to(torch.bfloat16)
+    expected = predictor.embed(x.float()).features
+    torch.testing.assert_close(predictor.embed(x).features, expected)
+    torch.testing.assert_close(predictor.embed(x.double()).features, expected)
+
+
+def test_tensor_input_errors_name_expected_and_given():
+    predictor = fastdeit.Predictor(tiny_model(), device="cpu")
+    with pytest.raises(TypeError, match=r"float \(preprocessed.*or uint8 \(RGB pixels 0..255\), got torch.int64"):
+        predictor.predict(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"got \(2, 64, 64, 3\): this looks channels-last.*permute\(0, 3, 1, 2\)"):
+        predictor.predict(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="empty batch"):
+        predictor.embed(torch.zeros(0, 3, 64, 64))
 
 
 # --- GPU paths ---------------------------------------------------------------------------------------------------
@@ -299,11 +322,12 @@ def test_cuda_graphs_equal_eager_with_padded_last_batch(photos, decoder):
     assert a.sources == b.sources
     # The same kernels on the same inputs: equal up to the order of floating-point reductions.
     torch.testing.assert_close(full_probs(a, 10), full_probs(b, 10))
-    torch.testing.assert_close(graphed.embed(inputs), eager.embed(inputs))
+    torch.testing.assert_close(graphed.embed(inputs).features, eager.embed(inputs).features)
     # The graphs are reused: another call captures nothing new.
-    graphs = dict(graphed._graphs)
+    graphs = dict(graphed._graphs.graphs)
     graphed.predict(inputs, topk=3)
-    assert graphed._graphs.keys() == graphs.keys() and all(graphed._graphs[k] is g for k, g in graphs.items())
+    assert graphed._graphs.graphs.keys() == graphs.keys()
+    assert all(graphed._graphs.graphs[k] is g for k, g in graphs.items())
 
 
 @pytest.mark.gpu
@@ -313,7 +337,7 @@ def test_bf16_close_to_fp32_and_on_the_right_device():
     bf16 = fastdeit.Predictor(copy.deepcopy(model), device="cuda")  # dtype auto: bf16 on CUDA
     fp32 = fastdeit.Predictor(copy.deepcopy(model), device="cuda", dtype="fp32")
     assert bf16.dtype == torch.bfloat16 and next(bf16.model.parameters()).dtype == torch.bfloat16
-    a, b = bf16.embed(x), fp32.embed(x)
+    a, b = bf16.embed(x).features, fp32.embed(x).features
     assert a.dtype == torch.float32 and a.device.type == "cpu"
     # bf16 keeps 8 bits of mantissa: a 2-block model stays within a few percent of fp32.
     assert F.cosine_similarity(a, b).min() > 0.99
@@ -321,13 +345,13 @@ def test_bf16_close_to_fp32_and_on_the_right_device():
 
 @pytest.mark.gpu
 def test_batch_probe_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("FASTDEIT_CACHE_DIR", str(tmp_path))
     predictor = fastdeit.Predictor(tiny_model(), device="cuda")
     preds = predictor.predict(torch.randn(100, 3, 64, 64), topk=1)
     assert preds.report.batch_size == 128  # 100 images: the next power of two, below the probed maximum
-    cache = json.loads((tmp_path / "fastdeit" / "predict_batch_sizes.json").read_text())
+    cache = json.loads((tmp_path / "predict_batch_sizes.json").read_text())
     (entry,) = cache.values()
-    assert entry["batch"] == fastdeit.predict.MAX_BATCH  # a 2-block model at 64x64 fits at the cap
+    assert entry["batch"] == fastdeit.inference.predictor.MAX_BATCH  # a 2-block model at 64x64 fits at the cap
     again = fastdeit.Predictor(tiny_model(), device="cuda")
     assert again._probe_batch_size() == entry["batch"]
 

@@ -20,15 +20,11 @@ from pathlib import Path
 from fastdeit.benchmarks.common import DEFAULT_CSV, DTYPES, RESULTS_DIR, latest_rows, read_rows, resolve_device
 from fastdeit.benchmarks.kernels import PROVIDERS as KERNEL_PROVIDERS
 from fastdeit.benchmarks.providers import MODES, PROVIDERS
+from fastdeit.commands import add_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="benchmark DeiT models (img/s) and kernels against timm, Hugging Face, xformers, torch",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "bench", __doc__)
     models = p.add_argument_group("model throughput")
     models.add_argument(
         "--models", nargs="+", metavar="M", help="model names or aliases (ti s b b384 ti-dist s-dist b-dist b384-dist)"
@@ -84,6 +80,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="print the tables from the CSV (newest rows; all, models or kernels), run nothing",
     )
     out.add_argument("--plot", action="store_true", help="draw PNG charts from the CSV, run nothing")
+    out.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
     out.add_argument("--plot-dir", type=Path, default=RESULTS_DIR, help=f"where --plot writes (default {RESULTS_DIR})")
     p.set_defaults(func=run)
 
@@ -130,6 +131,7 @@ def _run_models(args: argparse.Namespace) -> int:
         min_time=args.min_time if args.min_time is not None else (0.1 if gpu else 0.0),
         csv=None if args.no_csv else args.csv,
         batch_cache=BatchSizeCache(args.batch_cache),
+        progress=args.progress,
     )
     header = environment_header(device)
     print(f"{header}\n{dtype_name} weights and activations (model.to({dtype_name})), every provider alike")

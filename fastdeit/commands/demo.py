@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 
 import fastdeit
+from fastdeit.commands import add_command
 
 STUDENT_RUNS = ("none", "soft", "hard")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="distillation on digits in miniature: convnet teacher, DeiT students without / with distillation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "demo", __doc__)
     p.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where the runs go (default runs/demo)")
     p.add_argument("--epochs", type=int, help="epochs of every run (default: the configs', 15)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="student seeds (default 0 1)")

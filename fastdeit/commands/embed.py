@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from fastdeit._env import show_progress
+from fastdeit.commands import add_command
 from fastdeit.commands.predict import (
     add_model_arguments,
     add_runtime_arguments,
@@ -28,18 +30,12 @@ from fastdeit.commands.predict import (
     out_format,
     predictor_from_args,
     run_reporting_warnings,
-    show_progress,
 )
 from fastdeit.io import atomic_write
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "embed",
-        help="pre-logits features of image files and folders, to safetensors",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "embed", __doc__)
     add_model_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="FILE.safetensors")
     add_runtime_arguments(p)
@@ -50,24 +46,25 @@ def run(args: argparse.Namespace) -> int:
     def body() -> tuple[int, str]:
         from safetensors.torch import save_file
 
-        from fastdeit.predict import collect_images
+        from fastdeit.inference import collect_images
 
         out_format(args.out, {".safetensors": "safetensors"})
         files = collect_images(args.paths)
         predictor = predictor_from_args(args)
         if not has_weights(args):
             print("fastdeit embed: note: no --checkpoint: the model has random weights", file=sys.stderr)
-        features = predictor.embed(files, progress=show_progress(args))
+        embeddings = predictor.embed(files, progress=show_progress(args.progress))
+        features = embeddings.features.contiguous()
         metadata = {
             "format": "fastdeit-embeddings",
             "model": predictor.model_name,
             "features": "pre_logits",
-            "paths": json.dumps(predictor.last_sources, ensure_ascii=False),
+            "paths": json.dumps(embeddings.sources, ensure_ascii=False),
         }
-        atomic_write(args.out, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata=metadata))
-        summary = f"{predictor.last_report.summary()}\nwrote {tuple(features.shape)} features to {args.out}"
-        if features.shape[0] == 0:
+        atomic_write(args.out, lambda tmp: save_file({"features": features}, str(tmp), metadata=metadata))
+        summary = f"{embeddings.report.summary()}\nwrote {tuple(features.shape)} features to {args.out}"
+        if len(embeddings) == 0:
             return 1, f"{summary}\nfastdeit embed: error: none of the files could be read"
         return 0, summary
 
-    return run_reporting_warnings("embed", body)
+    return run_reporting_warnings(body)

@@ -18,18 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from fastdeit.commands import add_command
 from fastdeit.commands.predict import add_model_arguments, has_weights
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from fastdeit.export import DEFAULT_ATOL, FORMATS, ONNX_EXPORTERS
 
-    p = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX, TorchScript or ExportedProgram (PyTorch backend; verified)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "export", __doc__)
     add_model_arguments(p)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", type=Path, required=True, help="file to write")
@@ -48,11 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastdeit.export import ExportVerificationError, export_model
-    from fastdeit.models import load_model
+    from fastdeit.models import VisionTransformer, load_model
 
     model = load_model(
         args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, backend="torch", use_ema=args.ema
     )
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"fastdeit export exports DeiT models; --model {args.model} is {model.config.describe()}")
     if not has_weights(args):
         print("fastdeit export: note: no --checkpoint: exporting random weights", file=sys.stderr)
     try:

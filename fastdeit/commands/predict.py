@@ -8,7 +8,8 @@
 folder, a training checkpoint or a run folder (its newest checkpoint), with its class names. Folders of images are
 read recursively. Files are decoded by DALI (on the GPU when there is one) with DeiT's eval transform; PIL only
 where DALI is missing. Unreadable files are named and skipped. Without --out, results go to stdout; the summary
-(images/s, time waiting for decoding vs in the model, skipped files) goes to stderr. See fastdeit.predict.
+(images/s, time waiting for decoding vs in the model, skipped files) goes to stderr, and so does a progress bar when
+stderr is a terminal (--progress / --no-progress to choose). See fastdeit.inference.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fastdeit._env import show_progress
+from fastdeit.commands import add_command
 from fastdeit.io import atomic_write
 
-if TYPE_CHECKING:  # imported when a command runs: `fastdeit --help` stays quick
-    from fastdeit.predict import Predictions, Predictor
+if TYPE_CHECKING:  # imported when the command runs: `fastdeit predict --help` stays quick
+    from fastdeit.inference import Predictions, Predictor
 
 OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 
@@ -55,7 +58,11 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cuda-graphs", action="store_true", help="run the forward eagerly instead of graph replays")
     p.add_argument("--decoder", default="auto", choices=("auto", "dali", "pil"), help="default: DALI if installed")
     p.add_argument("--num-threads", type=int, help="decoding threads (default: CPU count, at most 8)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (read recursively)")
 
 
@@ -68,11 +75,6 @@ def _batch_size(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {value!r}") from None
 
 
-def show_progress(args: argparse.Namespace) -> bool:
-    """A progress bar on a terminal only: in a log file its redraws would be noise."""
-    return not args.no_progress and sys.stderr.isatty()
-
-
 def has_weights(args: argparse.Namespace) -> bool:
     """Whether the model gets trained weights: a checkpoint, or a saved model (folder or file)."""
     return args.checkpoint is not None or Path(args.model).expanduser().exists()
@@ -80,7 +82,7 @@ def has_weights(args: argparse.Namespace) -> bool:
 
 def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> Predictor:
     """The Predictor the command-line arguments describe (builds the model and loads the weights)."""
-    from fastdeit.predict import Predictor
+    from fastdeit.inference import Predictor
 
     return Predictor(
         args.model,
@@ -97,28 +99,22 @@ def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> 
     )
 
 
-def run_reporting_warnings(command: str, body: Callable[[], tuple[int, str]]) -> int:
-    """Run `body`, which returns (exit code, summary); print the warnings it raised (skipped files, the PIL
-    fallback) one line each, then the summary, on stderr: after the progress bar rather than through it."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
+    """Run `body`, which returns (exit code, summary); show the warnings it raised (skipped files, the PIL fallback)
+    when it is done, then print the summary on stderr: after the progress bar rather than through it."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             code, summary = body()
-        finally:
-            for w in caught:
-                if not issubclass(w.category, DeprecationWarning | FutureWarning):  # library noise, not about the data
-                    print(f"fastdeit {command}: warning: {w.message}", file=sys.stderr)
+    finally:
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(summary, file=sys.stderr)
     return code
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="top-k classes of image files and folders",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "predict", __doc__)
     add_model_arguments(p)
     p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--labels", help="class names, one per line (default: ImageNet-1k's for a 1000-class head)")
@@ -177,7 +173,7 @@ def _print_results(preds: Predictions) -> None:
 
 def run(args: argparse.Namespace) -> int:
     def body() -> tuple[int, str]:
-        from fastdeit.predict import collect_images
+        from fastdeit.inference import collect_images
 
         # Whatever a user can get wrong fails before any image is decoded; what needs no model, before it loads.
         fmt = out_format(args.out, OUT_FORMATS)
@@ -191,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--topk must be in [1, {predictor.num_classes}] (the model's classes), got {args.topk}")
         if not has_weights(args):
             print("fastdeit predict: note: no --checkpoint: the model has random weights", file=sys.stderr)
-        preds = predictor.predict(files, topk=args.topk, progress=show_progress(args))
+        preds = predictor.predict(files, topk=args.topk, progress=show_progress(args.progress))
         if fmt == "jsonl":
             _write_jsonl(preds, args.out)
         elif fmt == "csv":
@@ -205,4 +201,4 @@ def run(args: argparse.Namespace) -> int:
             return 1, f"{summary}\nfastdeit predict: error: none of the files could be read"
         return 0, summary
 
-    return run_reporting_warnings("predict", body)
+    return run_reporting_warnings(body)

@@ -17,16 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fastdeit._env import cache_dir
+
 NUM_VAL = 300
 SPLIT_SEED = 0
 _FORMAT_VERSION = 1
 _META = "digits.json"
-
-
-def cache_dir() -> Path:
-    """fastdeit's cache directory: $FASTDEIT_CACHE, else ~/.cache/fastdeit."""
-    env = os.environ.get("FASTDEIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fastdeit"
 
 
 def _render(pixels: np.ndarray, size: int):

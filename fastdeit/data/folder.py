@@ -100,6 +100,20 @@ def _walk_files(class_dir: Path) -> list[str]:
     return found
 
 
+def find_image_files(directory: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under `directory` (recursive, sorted, hidden entries ignored, by extension), and the other
+    files as (path, why it was left out)."""
+    images: list[str] = []
+    others: list[tuple[str, str]] = []
+    for path in _walk_files(Path(directory)):
+        ext = os.path.splitext(path)[1].lower()
+        if ext in IMG_EXTENSIONS:
+            images.append(path)
+        else:
+            others.append((path, f"extension {ext or '(none)'!r} is not an image type"))
+    return images, others
+
+
 def _read_head(path: str) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(_HEADER_BYTES)
@@ -151,13 +165,10 @@ def scan_image_folder(
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
     for name in found:
-        for path in _walk_files(root / name):
-            ext = os.path.splitext(path)[1].lower()
-            if ext in IMG_EXTENSIONS:
-                files.append(path)
-                labels.append(to_label[name])
-            else:
-                skipped.append((path, f"extension {ext or '(none)'!r} is not an image type"))
+        images, others = find_image_files(root / name)
+        files += images
+        labels += [to_label[name]] * len(images)
+        skipped += others
     if check_headers and files:
         with ThreadPoolExecutor(max_workers=max(1, io_threads)) as pool:
             problems = list(pool.map(_header_problem, files))

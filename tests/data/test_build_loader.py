@@ -47,7 +47,7 @@ def test_split_folder_given_directly(image_folder: Path):
 
 
 def test_digits_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("FASTDEIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTDEIT_CACHE_DIR", str(tmp_path))
     loader, info = build_loader("digits", split="val", img_size=32, batch_size=64, digits_size=16)
     assert info.num_classes == 10 and info.num_samples == 300 and info.root == tmp_path / "digits" / "16px" / "val"
     images, labels = next(iter(loader))

@@ -35,7 +35,7 @@ def test_idempotent(digits_root: Path):
 def test_default_root_under_fastdeit_cache_and_fixed_split(
     digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setenv("FASTDEIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTDEIT_CACHE_DIR", str(tmp_path))
     again = prepare_digits(size=16)
     assert again == tmp_path / "digits" / "16px"
     assert sorted(os.listdir(again / "val" / "3")) == sorted(os.listdir(digits_root / "val" / "3"))
@@ -53,5 +53,6 @@ def test_errors(digits_root: Path, tmp_path: Path):
 
 
 def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("FASTDEIT_CACHE", raising=False)
+    monkeypatch.delenv("FASTDEIT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert cache_dir() == Path.home() / ".cache" / "fastdeit"

@@ -13,9 +13,9 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import fastdeit
+from fastdeit.inference import imagenet_labels
 from fastdeit.models.checkpoint import CheckpointWarning, checkpoint_name
 from fastdeit.models.convnet import create_convnet
-from fastdeit.predict import imagenet_labels
 from tests.helpers import hf_config, small_model
 
 CLASSES = tuple(f"class_{c}" for c in "abcdefghij")  # 10 names, not the indices

@@ -1,55 +1,33 @@
-"""Batch inference with DeiT: top-k classes and pre-logits embeddings of image files, folders or tensors.
+"""The Predictor: runs a DeiT model over image files, folders or tensors, at full speed on a GPU.
 
-    import fastdeit
-    predictor = fastdeit.Predictor("deit_small_patch16_224", checkpoint="deit_small_patch16_224.pth")
-    preds = predictor.predict("photos/", topk=5)         # a folder (recursive), file paths, or a (B, 3, H, W) tensor
-    for p in preds:
-        print(p.source, p.labels[0], p.probs[0])
-    feats = predictor.embed(["a.jpg", "b.png"])           # (2, 384) float32: forward_head(pre_logits=True)
-    print(predictor.last_report.summary())                # images/s, and where the time went
-
-Files are decoded by DALI (nvJPEG on the GPU when the model is on one, else its CPU decoder) with DeiT's eval
-transform (shorter side resized to img_size / crop_pct, bicubic; center crop; ImageNet normalization), a few
-batches ahead of the model (fastdeit.data.build_predict_loader); PIL is the fallback where DALI cannot be imported.
-Unreadable, truncated and non-image files are skipped, named in a DataWarning and listed in the report.
-
-On a CUDA GPU the model runs the throughput path:
-- bf16 weights and activations (`dtype="auto"`; fp32 on the CPU, where bf16 is slower and only emulated), softmax
-  and outputs in fp32;
-- channels-last input to the patch-embedding convolution (its output then flattens to tokens without a copy);
-- the largest batch that fits (`batch_size="auto"`): the largest power of two up to 1024 that runs without running
-  out of memory, probed once and cached in ~/.cache/fastdeit/predict_batch_sizes.json per model, dtype, backend
-  and GPU;
-- CUDA graphs (`cuda_graphs=True`) of the forward: one per batch shape (and logits or features), captured on first
-  use before decoding starts; the last, shorter batch is padded to the captured size and its pad rows dropped;
-- pinned-memory, non-blocking copies for batches decoded on the CPU (PIL) and for the results, with at most two
-  batches in flight, so the CPU prepares the next batch while the GPU runs this one.
+The loop: batches from the predict loader (or the tensor), each through the model (eagerly or as a CUDA graph
+replay, fastdeit.cuda_graphs), outputs collected on the CPU (`_HostCollector`). The pieces it uses: inputs.py (file
+discovery, tensor checks), labels.py (class names), results.py (what it returns), fastdeit.batch_size (the largest
+batch that fits), fastdeit.cuda_graphs (capture and replay). See the package docstring for the GPU path.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm import tqdm
 
-from fastdeit.batch_size import BatchSizeCache, default_cache_path, free_memory, is_oom
-from fastdeit.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
-from fastdeit.data import DataWarning, build_predict_loader, dali_available
-from fastdeit.data.common import describe_files
-from fastdeit.data.folder import IMG_EXTENSIONS
+from fastdeit._env import cache_dir
+from fastdeit.batch_size import BatchSizeCache, find_max_batch
+from fastdeit.constants import IMAGENET_MEAN, IMAGENET_STD
+from fastdeit.cuda_graphs import GraphPool
+from fastdeit.data import build_predict_loader, dali_available
 from fastdeit.data.loader import ImageFileLoader
+from fastdeit.inference.inputs import ImageFiles, ImageInput, check_image_tensor, collect_images, normalise_pixels
+from fastdeit.inference.labels import resolve_labels
+from fastdeit.inference.results import Embeddings, Predictions, RunReport
 from fastdeit.models import VisionTransformer, load_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,190 +35,6 @@ DECODERS = ("auto", "dali", "pil")
 MAX_BATCH = 1024  # larger batches gain no throughput and make the padded last batch costlier
 CPU_BATCH = 32
 _IN_FLIGHT = 2  # GPU batches whose results may still be on their way to the CPU
-
-ImageInput = torch.Tensor | str | os.PathLike | Sequence[str | os.PathLike]
-
-
-# ------------------------------------------------------------------------------------------------ labels
-
-
-def read_labels(path: str | os.PathLike) -> tuple[str, ...]:
-    """Class names from a text file: one per line in class-index order; blank lines and lines starting with '#'
-    are ignored."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"labels file {str(path)!r} not found")
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return tuple(line for line in lines if line and not line.startswith("#"))
-
-
-@functools.cache
-def imagenet_labels() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names shipped with fastdeit (fastdeit/data/imagenet_classes.txt).
-
-    They are the first WordNet lemma of each synset, as in Keras' imagenet_class_index.json (the list pytorch/hub
-    also ships as imagenet_classes.txt): 0 "tench", 1 "goldfish", ..., 999 "toilet tissue".
-    """
-    with resources.as_file(resources.files("fastdeit.data") / "imagenet_classes.txt") as path:
-        return read_labels(path)
-
-
-# ------------------------------------------------------------------------------------------------ inputs
-
-
-class ImageFiles(list[str]):
-    """Image file paths found by `collect_images`, with the files it left out (`skipped`: path -> reason)."""
-
-    def __init__(self, files: Sequence[str], skipped: dict[str, str]) -> None:
-        super().__init__(files)
-        self.skipped = skipped
-
-
-def collect_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageFiles:
-    """The image files named by `paths`, in order, and the files left out.
-
-    Files are kept as given, whatever their extension (the loader checks their content). Directories are walked
-    recursively in sorted order, ignoring hidden entries; their files whose extension is not an image type are
-    left out and named in one DataWarning.
-
-    Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: no paths, or no image file among them (e.g. an empty directory).
-    """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    paths = [os.fspath(p) for p in paths]
-    if not paths:
-        raise ValueError("no input paths given: expected image files or directories")
-    files: list[str] = []
-    skipped: dict[str, str] = {}
-    for path in paths:
-        if os.path.isdir(path):
-            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(f for f in filenames if not f.startswith(".")):
-                    file = os.path.join(dirpath, name)
-                    ext = os.path.splitext(name)[1].lower()
-                    if ext in IMG_EXTENSIONS:
-                        files.append(file)
-                    else:
-                        skipped[file] = f"extension {ext or '(none)'!r} is not an image type"
-        elif os.path.exists(path):
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"input path {path!r} does not exist")
-    if skipped:
-        warnings.warn(
-            f"skipped {len(skipped)} non-image file(s): {describe_files(list(skipped.items()))}",
-            DataWarning,
-            stacklevel=2,
-        )
-    if not files:
-        shown = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        raise ValueError(f"no image files in {shown} (image extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
-    return ImageFiles(files, skipped)
-
-
-# ------------------------------------------------------------------------------------------------ results
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What one `predict`/`embed` call did and where its time went.
-
-    `wait_seconds` is the time the model waited for decoded batches (the decoder's start-up, and decoding the
-    prefetch did not hide);
-    `model_seconds` the rest of the loop: host-to-device copies, the forward passes and waiting for the GPU.
-    `setup_seconds` (batch-size probe, CUDA graph capture) comes before and is not part of the throughput.
-    """
-
-    model: str
-    images: int
-    skipped: dict[str, str]
-    batch_size: int
-    device: str
-    dtype: str
-    cuda_graphs: bool
-    decoder: str
-    setup_seconds: float
-    wait_seconds: float
-    model_seconds: float
-
-    @property
-    def seconds(self) -> float:
-        return self.wait_seconds + self.model_seconds
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        """A few lines for people: throughput, where the time went, skipped files."""
-        total = max(self.seconds, 1e-9)
-        graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        lines = [
-            f"{self.images} images in {self.seconds:.2f} s: {self.images_per_second:.1f} images/s "
-            f"({self.model}, {self.device}, {self.dtype}, batch {self.batch_size}{graphs}; decoder: {self.decoder})",
-            f"time: waiting for decoded batches {self.wait_seconds:.2f} s ({self.wait_seconds / total:.0%}), "
-            f"model {self.model_seconds:.2f} s ({self.model_seconds / total:.0%}); "
-            f"setup (batch-size probe, graph capture) {self.setup_seconds:.2f} s",
-        ]
-        if self.skipped:
-            total_files = self.images + len(self.skipped)
-            lines.append(f"skipped {len(self.skipped)} of {total_files} files (named in the warnings)")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The top-k classes of one image, most probable first; `source` is its file path (or row, for a tensor)."""
-
-    source: str | int
-    indices: tuple[int, ...]
-    probs: tuple[float, ...]
-    labels: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Top-k classes of every image that could be read, in input order; iterate or index for `Prediction`s.
-
-    Attributes:
-        indices: (N, k) int64 class indices, most probable first.
-        probs: (N, k) float32 softmax probabilities.
-        sources: the file path of each row (its row in the input batch, for tensor input).
-        label_names: the name of every class index, or None when unknown.
-        report: timings and skipped files of the run.
-    """
-
-    indices: torch.Tensor
-    probs: torch.Tensor
-    sources: list[str | int]
-    label_names: tuple[str, ...] | None
-    report: RunReport
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int) -> Prediction:
-        indices = tuple(self.indices[i].tolist())
-        labels = tuple(self.label_names[c] for c in indices) if self.label_names is not None else None
-        return Prediction(self.sources[i], indices, tuple(self.probs[i].tolist()), labels)
-
-    def __iter__(self) -> Iterator[Prediction]:
-        return (self[i] for i in range(len(self)))
-
-
-# ------------------------------------------------------------------------------------------------ device helpers
-
-
-@dataclass
-class _Graph:
-    """A captured forward: `graph.replay()` reads `inputs` (batch, 3, S, S) float32 and writes `output`."""
-
-    graph: torch.cuda.CUDAGraph
-    inputs: torch.Tensor
-    output: torch.Tensor
 
 
 class _HostCollector:
@@ -317,11 +111,8 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-# ------------------------------------------------------------------------------------------------ predictor
-
-
 class Predictor:
-    """Top-k classes and embeddings of images with a DeiT model, at full speed on a GPU (see the module docstring).
+    """Top-k classes and embeddings of images with a DeiT model, at full speed on a GPU (see fastdeit.inference).
 
     Args:
         model: a model name (`fastdeit.list_models()`), a saved model (`save_pretrained` or Hugging Face folder,
@@ -378,41 +169,24 @@ class Predictor:
         model = load_model(model, checkpoint=checkpoint, num_classes=num_classes, backend=backend, use_ema=use_ema)
         if not isinstance(model, VisionTransformer):
             raise ValueError(f"the Predictor runs DeiT models; this is {model.config.describe()}")
-        self.label_names = self._resolve_labels(labels, model)
+        self.label_names = resolve_labels(labels, model.num_classes, model.class_names)
         height, width = model.img_size
         if height != width:
             raise ValueError(f"the image loader makes square crops; the model takes {height}x{width} images")
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        norm = (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-        if norm != (IMAGENET_MEAN, IMAGENET_STD):
-            raise ValueError(f"the image loader normalizes with the ImageNet mean/std; the model expects {cfg}")
+        config = model.config
+        if (config.mean, config.std) != (IMAGENET_MEAN, IMAGENET_STD):
+            raise ValueError(
+                f"the image loader normalizes with the ImageNet mean/std; the model expects {model.pretrained_cfg}"
+            )
         self.img_size = height
-        self.crop_pct = float(cfg.get("crop_pct", DEFAULT_CROP_PCT))
+        self.mean, self.std, self.crop_pct = config.mean, config.std, config.crop_pct
         self.model_name = getattr(model, "model_name", type(model).__name__)
         # The conv weight in channels-last too, so cuDNN runs the patch embedding in NHWC without converting.
         self.model = model.eval().to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
         self.num_classes = model.num_classes
         self.embed_dim = model.embed_dim
         self._max_batch: int | None = None
-        self._graphs: dict[tuple[int, bool], _Graph] = {}
-        self.last_report: RunReport | None = None
-        self._last_sources: list[str | int] = []
-
-    @staticmethod
-    def _resolve_labels(
-        labels: str | os.PathLike | Sequence[str] | None, model: VisionTransformer
-    ) -> tuple[str, ...] | None:
-        """`labels` if given, else the class names the model records, else ImageNet's for a 1000-class model."""
-        num_classes = model.num_classes
-        if labels is None:
-            if model.class_names is not None:
-                return model.class_names
-            return imagenet_labels() if num_classes == 1000 else None
-        names = read_labels(labels) if isinstance(labels, str | os.PathLike) else tuple(str(n) for n in labels)
-        if len(names) != num_classes:
-            source = f"labels file {os.fspath(labels)!r}" if isinstance(labels, str | os.PathLike) else "labels"
-            raise ValueError(f"{source} has {len(names)} names but the model has {num_classes} classes")
-        return names
+        self._graphs = GraphPool(self._step, (3, self.img_size, self.img_size), self.device)
 
     # --- public API -------------------------------------------------------------------------------------------
 
@@ -420,8 +194,8 @@ class Predictor:
         """The `topk` most probable classes of each image.
 
         Args:
-            images: a (B, 3, S, S) float tensor already preprocessed (S the model's image size), image file paths,
-                or directories (walked recursively).
+            images: image file paths or directories (walked recursively), or a (B, 3, S, S) tensor at the model's
+                image size S: float and preprocessed, or uint8 pixels (see fastdeit.inference.inputs).
             topk: classes per image, at most the model's class count.
             progress: show a progress bar (images/s) on stderr.
 
@@ -438,19 +212,15 @@ class Predictor:
             outputs = [torch.empty(0, topk, dtype=torch.int64), torch.empty(0, topk)]
         return Predictions(outputs[0], outputs[1], sources, self.label_names, report)
 
-    def embed(self, images: ImageInput, *, progress: bool = False) -> torch.Tensor:
+    def embed(self, images: ImageInput, *, progress: bool = False) -> Embeddings:
         """Pre-logits features of each image, as timm's `forward_head(x, pre_logits=True)`.
 
-        `images` as for `predict`. Returns (N, embed_dim) float32 on the CPU, one row per image that could be read;
-        `last_report` names the skipped files and `last_sources` the file (or input row) of each row.
+        `images` as for `predict`. Returns Embeddings: features (N, embed_dim) float32 on the CPU, one row per image
+        that could be read, the file (or input row) of each row, and the run's report.
         """
-        outputs, _, _ = self._run(images, None, progress)
-        return outputs[0] if outputs is not None else torch.empty(0, self.embed_dim)
-
-    @property
-    def last_sources(self) -> list[str | int]:
-        """The file path (or input row) of each output row of the last `predict`/`embed` call."""
-        return self._last_sources
+        outputs, sources, report = self._run(images, None, progress)
+        features = outputs[0] if outputs is not None else torch.empty(0, self.embed_dim)
+        return Embeddings(features, sources, report)
 
     # --- the loop ---------------------------------------------------------------------------------------------
 
@@ -461,7 +231,7 @@ class Predictor:
         files: list[str] = []
         skipped: dict[str, str] = {}
         if isinstance(images, torch.Tensor):
-            self._check_tensor(images)
+            check_image_tensor(images, self.img_size)
             count = images.shape[0]
         else:
             # An ImageFiles (the CLI checks its inputs before loading the model) is not walked again.
@@ -475,7 +245,7 @@ class Predictor:
             # Before decoding starts: the probe must see the memory the model alone needs, and no decoder work
             # on the GPU may overlap a capture.
             if self.cuda_graphs:
-                self._graph(batch, topk is None)
+                self._graphs.get(batch, topk is None)
             setup = time.perf_counter() - setup
             loader = None
             if isinstance(images, torch.Tensor):
@@ -526,22 +296,14 @@ class Predictor:
             wait_seconds=wait,
             model_seconds=model,
         )
-        self.last_report, self._last_sources = report, sources
         return outputs, sources, report
-
-    def _check_tensor(self, images: torch.Tensor) -> None:
-        expected = (3, self.img_size, self.img_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected or not images.is_floating_point():
-            raise ValueError(
-                f"images must be a preprocessed float batch of shape (B, {', '.join(map(str, expected))}), "
-                f"got {images.dtype} {tuple(images.shape)}"
-            )
-        if images.shape[0] == 0:
-            raise ValueError("images is an empty batch")
 
     def _tensor_batches(self, images: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, images.shape[0], batch):
             chunk = images[start : start + batch]
+            if chunk.dtype == torch.uint8:
+                # Converted on the model's device: a quarter of the bytes of float32 cross to it.
+                chunk = normalise_pixels(chunk.to(self.device), self.mean, self.std)
             yield chunk, torch.arange(start, start + chunk.shape[0])
 
     def _loader(self, files: list[str], batch: int) -> tuple[ImageFileLoader, str]:
@@ -585,8 +347,7 @@ class Predictor:
         decoding buffers and the CUDA graph's memory pool. They are tried from MAX_BATCH down, halving on out of
         memory, rather than doubling up, so the first size that fits is the one used (and autotuned for).
         """
-
-        cache = BatchSizeCache(default_cache_path().with_name("predict_batch_sizes.json"))
+        cache = BatchSizeCache(cache_dir() / "predict_batch_sizes.json")
         # The architecture decides the memory; the class names do not (and would make the key kilobytes long).
         architecture = {k: v for k, v in self.model.model_config.items() if k != "class_names"}
         config = json.dumps(architecture, sort_keys=True, default=str)
@@ -594,25 +355,13 @@ class Predictor:
             "predict", self.model_name, config, self.img_size, self.embed_dim, _dtype_name(self.dtype),
             getattr(self.model, "backend", "?"), torch.cuda.get_device_name(self.device),
         )  # fmt: skip
-        cached = cache.get(key, MAX_BATCH)
-        if cached is not None:
-            return cached
-        batch = MAX_BATCH
-        while batch >= 1:
-            oom = False
-            try:
-                self._step(torch.randn(batch, 3, self.img_size, self.img_size, device=self.device), False)
-                torch.cuda.synchronize(self.device)
-            except Exception as err:
-                if not is_oom(err):
-                    raise
-                oom = True
-            if not oom:
-                cache.set(key, batch, MAX_BATCH)
-                return batch
-            free_memory()  # outside the except block, whose traceback holds the failed step's tensors
-            batch //= 2
-        raise RuntimeError(f"{self.model_name} does not fit in GPU memory even at batch size 1")
+
+        def step(batch: int) -> None:
+            self._step(torch.randn(batch, 3, self.img_size, self.img_size, device=self.device), False)
+            torch.cuda.synchronize(self.device)
+
+        probe = lambda: find_max_batch(step, start=MAX_BATCH, cap=MAX_BATCH, what=self.model_name)
+        return cache.get_or_probe(key, MAX_BATCH, probe)
 
     # --- forward ----------------------------------------------------------------------------------------------
 
@@ -623,40 +372,14 @@ class Predictor:
         x = x.to(self.dtype, memory_format=torch.channels_last)
         return self.model.forward_head(self.model.forward_features(x), pre_logits=pre_logits).float()
 
-    def _graph(self, batch: int, pre_logits: bool) -> _Graph:
-        """The CUDA graph of `_step` at this batch size, captured on first use."""
-        key = (batch, pre_logits)
-        if key not in self._graphs:
-            inputs = torch.zeros(batch, 3, self.img_size, self.img_size, device=self.device)
-            # Warm up on a side stream, as torch.cuda.graphs asks: lazy initialization (cuBLAS workspaces, Triton
-            # compilation and autotuning) must happen before the capture.
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step(inputs, pre_logits)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: the worker threads of a decoder still alive from an earlier run may make CUDA calls;
-            # only this thread's calls could invalidate the capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                output = self._step(inputs, pre_logits)
-            self._graphs[key] = _Graph(graph, inputs, output)
-        return self._graphs[key]
-
     def _forward(self, x: torch.Tensor, batch: int, pre_logits: bool) -> torch.Tensor:
         """`_step` of the n <= batch images of x, on the model's device."""
-        n = x.shape[0]
         if x.device.type == "cpu" and self.device.type == "cuda":
             # Through pinned memory the host-to-device copy is asynchronous; the caching host allocator keeps the
             # pinned block until the copy is done.
             x = x.pin_memory()
         if not self.cuda_graphs:
             return self._step(x.to(self.device, non_blocking=True), pre_logits)
-        graph = self._graph(batch, pre_logits)
-        # Rows n: keep whatever the previous batch left: every image is computed independently and pad rows are
-        # dropped, so a short last batch runs the graph captured for the full batch.
-        graph.inputs[:n].copy_(x, non_blocking=True)
-        graph.graph.replay()
-        # A copy (B x num_classes floats, negligible next to the forward): the next replay overwrites the output.
-        return graph.output[:n].clone()
+        # A short last batch runs the graph captured for the full batch (fastdeit.cuda_graphs pads it). A copy
+        # (B x num_classes floats, negligible next to the forward): the next replay overwrites the output.
+        return self._graphs.get(batch, pre_logits).run(x).clone()
