@@ -4,10 +4,14 @@ Criterion choice, as in DeiT's main.py: SoftTargetCrossEntropy when Mixup/CutMix
 else label-smoothed cross-entropy, which is `torch.nn.CrossEntropyLoss(label_smoothing=0.1)`
 (the same value as timm's LabelSmoothingCrossEntropy: (1 - s) * nll + s * mean over classes of
 -log p); see `build_criterion`. DistillationLoss wraps either one.
+
+The distillation term takes the teacher's answer as a TeacherOutput: full logits from a live teacher, or what a
+teacher cache (fastdeit.training.teacher_cache) stores, the argmax labels and optionally the top-k logits.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -32,6 +36,66 @@ class SoftTargetCrossEntropy(nn.Module):
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+@dataclass(frozen=True)
+class TeacherOutput:
+    """The teacher's answer for a batch of B images, in one of the forms the distillation term takes.
+
+    Attributes:
+        logits: (B, C) the full logits (a live teacher).
+        labels: (B,) int64 the argmax classes (hard distillation; what a teacher cache always stores).
+        topk_values: (B, k) the k largest logits, in decreasing order, and topk_indices (B, k) int64 their classes
+            (a teacher cache recorded with top-k; soft distillation renormalises over them, see `topk_soft_kl`).
+    """
+
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    topk_values: torch.Tensor | None = None
+    topk_indices: torch.Tensor | None = None
+
+    def hard_labels(self) -> torch.Tensor:
+        """(B,) int64: the recorded labels, else the argmax of the logits."""
+        if self.labels is not None:
+            return self.labels
+        if self.logits is None:
+            raise ValueError("a TeacherOutput needs logits or labels for hard distillation, got neither")
+        return self.logits.argmax(dim=1)
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """DeiT's soft distillation term: KL(softmax(teacher / tau) || softmax(student / tau)) summed over the batch and
+    classes, x tau^2 / student_logits.numel(). student_logits, teacher_logits (B, C) -> scalar."""
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / tau, dim=1),
+            F.log_softmax(teacher_logits / tau, dim=1),
+            reduction="sum",
+            log_target=True,
+        )
+        * (tau * tau)
+        / student_logits.numel()
+    )
+
+
+def topk_soft_kl(
+    student_logits: torch.Tensor, topk_values: torch.Tensor, topk_indices: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """`soft_kl` with the teacher known only by its top-k logits: its distribution is renormalised over those k
+    classes (the tail gets probability 0, so only the student's log-probabilities of the k classes enter).
+
+    student_logits (B, C), topk_values (B, k), topk_indices (B, k) int64 -> scalar, scaled like `soft_kl`
+    (x tau^2 / (B * C)). With k = C it equals `soft_kl`; the error for k < C is measured in the README.
+    """
+    if topk_values.shape != topk_indices.shape or topk_values.shape[0] != student_logits.shape[0]:
+        raise ValueError(
+            f"top-k values {tuple(topk_values.shape)} and indices {tuple(topk_indices.shape)} must both be (B, k) "
+            f"with the student's B={student_logits.shape[0]}"
+        )
+    values = topk_values.to(torch.promote_types(topk_values.dtype, torch.float32))  # fp16 from a cache: fp32
+    log_p = F.log_softmax(values / tau, dim=1)
+    log_q = F.log_softmax(student_logits / tau, dim=1).gather(1, topk_indices)
+    return (log_p.exp() * (log_p - log_q)).sum() * (tau * tau) / student_logits.numel()
+
+
 def build_criterion(*, mixup_active: bool, label_smoothing: float = 0.1) -> nn.Module:
     """DeiT's base criterion: soft-target CE under Mixup/CutMix, else (label-smoothed) CE on int labels."""
     if mixup_active:
@@ -44,17 +108,20 @@ def build_criterion(*, mixup_active: bool, label_smoothing: float = 0.1) -> nn.M
 class DistillationLoss(nn.Module):
     """DeiT's distillation loss: base_criterion on the class head plus a teacher term on the distillation head.
 
-    forward(inputs, outputs, labels):
+    forward(inputs, outputs, labels, teacher_output=None):
         inputs: (B, 3, H, W) the student's (possibly mixed) input batch; the teacher sees the same.
         outputs: the student's logits: a (cls (B, C), dist (B, C)) pair from a *_distilled_* model in
             training mode, or a (B, C) tensor when distillation_type is "none".
         labels: whatever base_criterion takes ((B,) int64, or (B, C) soft targets).
+        teacher_output: the teacher's answer for `inputs` when the caller has it (a teacher cache, or a teacher
+            run elsewhere); None runs `teacher` on `inputs`.
     Returns the scalar base * (1 - alpha) + distill * alpha, where distill is
-        soft: KL(softmax(teacher / tau) || softmax(dist / tau)) summed, * tau^2 / dist.numel()
-        hard: cross-entropy of dist against the teacher's argmax.
+        soft: `soft_kl(dist, teacher logits, tau)`, or `topk_soft_kl` when the teacher output holds only top-k logits
+        hard: cross-entropy of dist against the teacher's argmax (or its recorded labels).
     With "none", returns base_criterion(cls, labels) alone.
 
-    The teacher runs under torch.no_grad() and always in eval mode: `train()` on this module leaves it in eval.
+    `teacher` may be None when every call passes `teacher_output`. It runs under torch.no_grad() and always in eval
+    mode: `train()` on this module leaves it in eval.
     """
 
     def __init__(
@@ -68,8 +135,6 @@ class DistillationLoss(nn.Module):
         super().__init__()
         if distillation_type not in DISTILLATION_TYPES:
             raise ValueError(f"distillation_type must be one of {DISTILLATION_TYPES}, got {distillation_type!r}")
-        if distillation_type != "none" and teacher is None:
-            raise ValueError(f"distillation_type={distillation_type!r} needs a teacher model, got teacher=None")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         if not tau > 0.0:
@@ -89,7 +154,11 @@ class DistillationLoss(nn.Module):
         return self
 
     def forward(
-        self, inputs: torch.Tensor, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor
+        self,
+        inputs: torch.Tensor,
+        outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+        labels: torch.Tensor,
+        teacher_output: TeacherOutput | None = None,
     ) -> torch.Tensor:
         dist_logits = None
         if not isinstance(outputs, torch.Tensor):
@@ -107,27 +176,34 @@ class DistillationLoss(nn.Module):
                 f"distillation_type={self.distillation_type!r} needs a *_distilled_* model whose forward returns "
                 f"(cls_logits, dist_logits) in training mode; got a single tensor of shape {tuple(outputs.shape)}"
             )
-        with torch.no_grad():
-            teacher_logits = self.teacher(inputs)
-        if not isinstance(teacher_logits, torch.Tensor):
-            raise ValueError(f"the teacher must return a logits tensor, got {type(teacher_logits).__name__}")
-        if teacher_logits.shape != dist_logits.shape:
+        if teacher_output is None:
+            teacher_output = self._run_teacher(inputs)
+        if teacher_output.logits is not None and teacher_output.logits.shape != dist_logits.shape:
             raise ValueError(
-                f"teacher logits have shape {tuple(teacher_logits.shape)} but the student's distillation head has "
-                f"{tuple(dist_logits.shape)}: teacher and student must predict the same number of classes"
+                f"teacher logits have shape {tuple(teacher_output.logits.shape)} but the student's distillation head "
+                f"has {tuple(dist_logits.shape)}: teacher and student must predict the same number of classes"
             )
-        if self.distillation_type == "soft":
-            t = self.tau
-            distill = (
-                F.kl_div(
-                    F.log_softmax(dist_logits / t, dim=1),
-                    F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="sum",
-                    log_target=True,
-                )
-                * (t * t)
-                / dist_logits.numel()
-            )
+        if self.distillation_type == "hard":
+            distill = F.cross_entropy(dist_logits, teacher_output.hard_labels())
+        elif teacher_output.logits is not None:
+            distill = soft_kl(dist_logits, teacher_output.logits, self.tau)
+        elif teacher_output.topk_values is not None and teacher_output.topk_indices is not None:
+            distill = topk_soft_kl(dist_logits, teacher_output.topk_values, teacher_output.topk_indices, self.tau)
         else:
-            distill = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
+            raise ValueError(
+                "soft distillation needs the teacher's logits (full, or top-k values and indices); the teacher output "
+                "holds hard labels only"
+            )
         return base_loss * (1.0 - self.alpha) + distill * self.alpha
+
+    def _run_teacher(self, inputs: torch.Tensor) -> TeacherOutput:
+        if self.teacher is None:
+            raise ValueError(
+                f"distillation_type={self.distillation_type!r} needs a teacher model or a teacher_output per call; "
+                "got neither"
+            )
+        with torch.no_grad():
+            logits = self.teacher(inputs)
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"the teacher must return a logits tensor, got {type(logits).__name__}")
+        return TeacherOutput(logits=logits)
