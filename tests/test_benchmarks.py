@@ -87,6 +87,30 @@ def test_bench_training_with_teacher(tmp_path, capsys):
     assert {r["mode"] for r in rows} == {"training+ti-dist"}
 
 
+def test_bench_teacher_cache_measures_live_and_cached_in_one_run(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    argv = TINY + "--mode training --providers fastdeit-torch --teacher convnet_tiny --teacher-cache".split()
+    assert run_bench([*argv, "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in check_csv(path) if r["metric"] == "throughput"]
+    assert sorted(r["mode"] for r in rows) == ["training+convnet_tiny", "training+convnet_tiny+cache"]
+    assert len({r["batch"] for r in rows}) == 1  # the same batch: the two differ by the teacher alone
+    ratio_block = out[out.index("teacher cache: the distilled step") :].splitlines()
+    assert ratio_block[1].rstrip().endswith("live teacher img/s  cached labels img/s  cached / live")
+    assert ratio_block[2].startswith("deit_tiny_distilled_patch16_224 @32") and ratio_block[2].endswith("x")
+
+
+def test_format_table_teacher_cache_ratio():
+    live = _measurement("fastdeit", 100.0, mode="training+regnety_160")
+    cached = _measurement("fastdeit", 250.0, mode="training+regnety_160+cache")
+    other_batch = _measurement("timm", 50.0, mode="training+regnety_160+cache", batch=128)
+    table = format_table([live, cached, other_batch])
+    block = table[table.index("teacher cache:") :].splitlines()
+    assert block[2].split() == ["deit_base_patch16_224", "fastdeit", "256", "100", "250", "2.50x"]
+    assert not any("timm" in line for line in block)  # no live twin at its batch: no ratio
+    assert "teacher cache:" not in format_table([live])
+
+
 def test_bench_user_errors(capsys):
     assert run_bench(["--models", "deit_huge"]) == 2  # one line naming what was expected, no traceback
     assert "fastdeit bench: error: unknown model 'deit_huge'" in capsys.readouterr().err
@@ -101,6 +125,11 @@ def test_bench_user_errors(capsys):
         BenchConfig(models=["deit_tiny_patch16_224"], teacher="ti-dist", **cfg)
     with pytest.raises(ValueError, match="unknown teacher 'resnet_x'|teacher 'resnet_x' is not a fastdeit model"):
         BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher="resnet_x", **cfg)
+    with pytest.raises(ValueError, match="teacher_cache compares .* needs a teacher and the training mode"):
+        BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher_cache=True, **cfg)
+    with pytest.raises(ValueError, match="teacher_cache compares .* needs a teacher and the training mode"):
+        BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher="ti-dist", teacher_cache=True,
+                    **{**cfg, "modes": ["inference"]})  # fmt: skip
     with pytest.raises(ValueError, match="img_size must be a positive multiple of the patch size 16, got 50"):
         BenchConfig(models=["deit_tiny_patch16_224"], img_size=50, **cfg)
     with pytest.raises(ValueError, match="mode must be one of inference, training, got 'serving'"):
