@@ -4,9 +4,10 @@ Method:
 - Inference: forward under `torch.inference_mode()`. Training: forward, DeiT's loss (cross-entropy, and for a
   distilled model the mean of the class-token and distillation-token losses, the latter against the teacher's
   argmax when `teacher` is set), backward, AdamW step (fused kernel where torch has one), gradients set to None.
-  With `teacher_cache`, each distilled step is measured twice in one run, at the same batch: with the live teacher,
-  and with the teacher's labels replayed as train.py's --teacher-cache does (int16 labels already on the device,
-  widened per step; fastdeit.training.teacher_cache). The ratio is what recording the teacher once saves.
+  With `teacher_cache`, each distilled step is measured two ways on the same model and batch: with the live
+  teacher, and with the teacher's labels replayed as train.py's --teacher-cache does (int16 labels already on the
+  device, widened per step; fastdeit.training.teacher_cache). Their timed runs alternate, so a busy machine slows
+  both alike; the ratio is what recording the teacher once saves.
 - Precision, identical for every provider; bf16 on the GPU by default. Inference: the whole model is cast
   (`model.to(dtype)`), as a deployment would. Training: mixed precision as in the DeiT recipe and timm's AMP,
   fp32 weights and optimizer, forward and loss under `torch.autocast(dtype)` (fp32 runs without autocast).
@@ -47,6 +48,7 @@ from .common import (
     median,
     package_version,
     repeat_timings,
+    time_iterations,
 )
 from .providers import (
     MODES,
@@ -256,16 +258,13 @@ def _adamw(model: nn.Module) -> torch.optim.Optimizer:
 
 class StepRunner:
     """One provider's model (and optimizer) for one mode; `step(batch)` returns a callable doing one step on a
-    fixed random batch."""
+    fixed random batch (`step(batch, cached=True)`: with the teacher's labels replayed instead of its forward)."""
 
-    def __init__(
-        self, provider: Provider, spec: BuildSpec, teacher: nn.Module | None = None, cached: bool = False
-    ) -> None:
+    def __init__(self, provider: Provider, spec: BuildSpec, teacher: nn.Module | None = None) -> None:
         self.provider = provider
         self.spec = spec
         self.model: LogitsAdapter = build_model(provider, spec)
         self.teacher = teacher
-        self.cached = cached
         self.optimizer = _adamw(self.model) if spec.mode == "training" else None
 
     def _images(self, batch: int) -> torch.Tensor:
@@ -273,7 +272,7 @@ class StepRunner:
         dtype = self.spec.dtype if self.spec.mode == "inference" else torch.float32
         return torch.randn(size, device=self.spec.device, dtype=dtype)
 
-    def step(self, batch: int) -> Callable[[], None]:
+    def step(self, batch: int, cached: bool = False) -> Callable[[], None]:
         x = self._images(batch)
         if self.spec.mode == "inference":
             if self.provider.cuda_graph:
@@ -291,7 +290,7 @@ class StepRunner:
         device_type = self.spec.device.type
 
         recorded = None
-        if teacher is not None and self.cached:
+        if teacher is not None and cached:
             # The teacher runs once, untimed; each step reads its labels as a replayed cache hands them over.
             with torch.no_grad(), torch.autocast(device_type, dtype=self.spec.dtype, enabled=amp):
                 recorded = teacher(x).argmax(dim=-1).to(torch.int16)
@@ -393,6 +392,22 @@ def _mfu_applies(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
+def _alternating_timings(steps: list[Callable[[], None]], cfg: BenchConfig) -> list[list[float]]:
+    """`repeat_timings` of each step, their timed runs taking turns (one step: exactly repeat_timings). Seconds per
+    iteration of each run, per step."""
+    if len(steps) == 1:
+        return [repeat_timings(steps[0], device=cfg.device, warmup=cfg.warmup, repeats=cfg.repeats,
+                               min_time=cfg.min_time)[1]]  # fmt: skip
+    iters = [
+        repeat_timings(s, device=cfg.device, warmup=cfg.warmup, repeats=0, min_time=cfg.min_time)[0] for s in steps
+    ]
+    timings: list[list[float]] = [[] for _ in steps]
+    for _ in range(cfg.repeats):
+        for step, n, out in zip(steps, iters, timings, strict=True):
+            out.append(time_iterations(step, n, cfg.device) / n)
+    return timings
+
+
 def _shrink(batch: int) -> int:
     """The next batch to try after running out of memory while timing: 3/4, kept a multiple of 8 when possible."""
     smaller = batch * 3 // 4
@@ -422,9 +437,9 @@ class ModelBenchmark:
             self._teacher_size = img_size
         return self.teacher
 
-    def _runner(self, provider: Provider, spec: BuildSpec, cached: bool = False) -> StepRunner:
+    def _runner(self, provider: Provider, spec: BuildSpec) -> StepRunner:
         teacher = self._teacher_for(spec.img_size) if spec.mode == "training" and self.cfg.teacher else None
-        return StepRunner(provider, spec, teacher, cached)
+        return StepRunner(provider, spec, teacher)
 
     def _batch_size(self, provider: Provider, spec: BuildSpec) -> int:
         c = self.cfg
@@ -458,21 +473,20 @@ class ModelBenchmark:
 
         return find_max_batch(one_step, cap=self.cfg.max_batch)
 
-    def _measure(self, provider: Provider, spec: BuildSpec, cached: bool = False) -> Measurement:
-        """One measurement; `cached`: the teacher's labels replayed (at the batch of the live-teacher step, so the
-        two differ by the teacher's cost alone)."""
+    def _measure(self, provider: Provider, spec: BuildSpec) -> list[Measurement]:
+        """The measurement of one (model, provider, mode); with teacher_cache, of the distilled step with the live
+        teacher and with its replayed labels, timed alternately on the same model and batch."""
         c = self.cfg
+        variants = (False, True) if spec.mode == "training" and c.teacher_cache else (False,)
         batch = self._batch_size(provider, spec)
-        runner = self._runner(provider, spec, cached)
+        runner = self._runner(provider, spec)
         if c.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         while True:
             oom = False
             try:
-                step = runner.step(batch)
-                _, seconds = repeat_timings(
-                    step, device=c.device, warmup=c.warmup, repeats=c.repeats, min_time=c.min_time
-                )
+                steps = [runner.step(batch, cached) for cached in variants]
+                timings = _alternating_timings(steps, c)
             except Exception as e:
                 if not is_oom(e) or batch == 1:
                     raise
@@ -480,10 +494,25 @@ class ModelBenchmark:
             if not oom:
                 break
             # The probe's size did not survive repeated steps (fragmentation): back off and retry.
-            step = None
+            steps = []
             free_memory()
             batch = _shrink(batch)
         peak = torch.cuda.max_memory_allocated() / 2**30 if c.device.type == "cuda" else None
+        return [
+            self._measurement(provider, spec, batch, seconds, peak, cached)
+            for cached, seconds in zip(variants, timings, strict=True)
+        ]
+
+    def _measurement(
+        self,
+        provider: Provider,
+        spec: BuildSpec,
+        batch: int,
+        seconds: list[float],
+        peak: float | None,
+        cached: bool,
+    ) -> Measurement:
+        c = self.cfg
         rates = sorted(batch / s for s in seconds)
         mfu = None
         if _mfu_applies(c.device, c.dtype):
@@ -530,31 +559,24 @@ class ModelBenchmark:
                     per_mode[mode].append(p)
         # Model by model, every provider of a model together: a run cut short by a time limit still has complete
         # comparisons for the models it reached.
-        # With teacher_cache, each distilled step twice in a row: live teacher, then its replayed labels.
-        variants = {mode: (False, True) if mode == "training" and c.teacher_cache else (False,) for mode in c.modes}
-        runs = [
-            (model, mode, p, cached)
-            for mode in c.modes
-            for model in c.models
-            for p in per_mode[mode]
-            for cached in variants[mode]
-        ]
+        runs = [(model, mode, p) for mode in c.modes for model in c.models for p in per_mode[mode]]
         for line in outcome.skipped:
             print(line)
         bar = tqdm(runs, desc="fastdeit bench", unit="run", file=sys.stderr, dynamic_ncols=True)
-        for model, mode, provider, cached in bar:
-            bar.set_postfix_str(f"{model} {provider.name} {c.mode_label(mode, cached)}")
+        for model, mode, provider in bar:
+            bar.set_postfix_str(f"{model} {provider.name} {c.mode_label(mode)}")
             try:
-                m = self._measure(provider, self._spec(model, mode), cached)
+                ms = self._measure(provider, self._spec(model, mode))
             except Exception as e:  # one broken provider must not lose the others' numbers
                 first_line = (str(e).strip().splitlines() or [""])[0][:300]
-                line = f"FAILED {provider.name} {model} {c.mode_label(mode, cached)}: {type(e).__name__}: {first_line}"
+                line = f"FAILED {provider.name} {model} {c.mode_label(mode)}: {type(e).__name__}: {first_line}"
                 outcome.failed.append(line)
                 tqdm.write(line, file=sys.stderr)
             else:
-                outcome.measurements.append(m)
-                if c.csv is not None:
-                    append_rows(c.csv, m.rows(), c.device.type)
+                for m in ms:
+                    outcome.measurements.append(m)
+                    if c.csv is not None:
+                        append_rows(c.csv, m.rows(), c.device.type)
             finally:
                 if provider.compile:
                     torch._dynamo.reset()  # drop the compiled graphs (and what they hold) before the next model
