@@ -11,6 +11,7 @@ teacher cache (fastdeit.training.teacher_cache) stores, the argmax labels and op
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,13 +45,16 @@ class TeacherOutput:
         logits: (B, C) the full logits (a live teacher).
         labels: (B,) int64 the argmax classes (hard distillation; what a teacher cache always stores).
         topk_values: (B, k) the k largest logits, in decreasing order, and topk_indices (B, k) int64 their classes
-            (a teacher cache recorded with top-k; soft distillation renormalises over them, see `topk_soft_kl`).
+            (a teacher cache recorded with top-k; see `topk_soft_kl`).
+        topk_tail_logmass: (B,) log of the teacher's probability outside its top k, at the temperature the cache was
+            recorded for (None: unknown, the top k are renormalised).
     """
 
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     topk_values: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
+    topk_tail_logmass: torch.Tensor | None = None
 
     def hard_labels(self) -> torch.Tensor:
         """(B,) int64: the recorded labels, else the argmax of the logits."""
@@ -76,24 +80,54 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
     )
 
 
-def topk_soft_kl(
-    student_logits: torch.Tensor, topk_values: torch.Tensor, topk_indices: torch.Tensor, tau: float
-) -> torch.Tensor:
-    """`soft_kl` with the teacher known only by its top-k logits: its distribution is renormalised over those k
-    classes (the tail gets probability 0, so only the student's log-probabilities of the k classes enter).
+def topk_tail_logmass(logits: torch.Tensor, topk_indices: torch.Tensor, tau: float) -> torch.Tensor:
+    """log of softmax(logits / tau)'s mass outside the classes `topk_indices`: logits (B, C), topk_indices (B, k)
+    -> (B,) fp32, -inf when k = C. Computed as a difference of logsumexps, so a tiny tail keeps its precision."""
+    scaled = logits.float() / tau
+    tail = scaled.scatter(1, topk_indices, float("-inf"))
+    return torch.logsumexp(tail, dim=1) - torch.logsumexp(scaled, dim=1)
 
-    student_logits (B, C), topk_values (B, k), topk_indices (B, k) int64 -> scalar, scaled like `soft_kl`
-    (x tau^2 / (B * C)). With k = C it equals `soft_kl`; the error for k < C is measured in the README.
+
+def topk_soft_kl(
+    student_logits: torch.Tensor,
+    topk_values: torch.Tensor,
+    topk_indices: torch.Tensor,
+    tau: float,
+    tail_logmass: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`soft_kl` with the teacher known only by its top-k logits (and optionally the mass of the rest).
+
+    The teacher's distribution P is taken as: on its top k classes, softmax(topk_values / tau) x (1 - m); on each
+    of the other C - k classes, m / (C - k), with m = exp(tail_logmass) the mass outside the top k (a uniform tail).
+    Without tail_logmass, m = 0: the top k are renormalised and the other classes dropped. The result is
+    KL(P || softmax(student / tau)) summed, x tau^2 / student_logits.numel(), like `soft_kl`; with k = C both equal
+    it. The error of each choice against the full distribution is measured in the README.
+
+    student_logits (B, C), topk_values (B, k), topk_indices (B, k) int64, tail_logmass (B,) or None -> scalar.
     """
-    if topk_values.shape != topk_indices.shape or topk_values.shape[0] != student_logits.shape[0]:
+    batch, classes = student_logits.shape
+    k = topk_values.shape[-1]
+    if topk_values.shape != topk_indices.shape or topk_values.shape[0] != batch:
         raise ValueError(
             f"top-k values {tuple(topk_values.shape)} and indices {tuple(topk_indices.shape)} must both be (B, k) "
-            f"with the student's B={student_logits.shape[0]}"
+            f"with the student's B={batch}"
         )
+    if tail_logmass is not None and tail_logmass.shape != (batch,):
+        raise ValueError(f"tail_logmass must be ({batch},), got {tuple(tail_logmass.shape)}")
     values = topk_values.to(torch.promote_types(topk_values.dtype, torch.float32))  # fp16 from a cache: fp32
     log_p = F.log_softmax(values / tau, dim=1)
-    log_q = F.log_softmax(student_logits / tau, dim=1).gather(1, topk_indices)
-    return (log_p.exp() * (log_p - log_q)).sum() * (tau * tau) / student_logits.numel()
+    log_q_all = F.log_softmax(student_logits / tau, dim=1)
+    log_q = log_q_all.gather(1, topk_indices)
+    kl = 0.0
+    if tail_logmass is not None and k < classes:
+        # exp(-1000) is 0: an empty tail (-inf) then adds exact zeros rather than 0 x inf.
+        log_m = tail_logmass.to(log_q_all.dtype).clamp_min(-1000.0)[:, None]
+        log_p = log_p + torch.log1p(-log_m.exp())  # the top k share 1 - m
+        log_u = log_m - math.log(classes - k)  # each tail class: m / (C - k)
+        tail_log_q = log_q_all.sum(1, keepdim=True) - log_q.sum(1, keepdim=True)  # sum of log q over the tail
+        kl = (log_u.exp() * ((classes - k) * log_u - tail_log_q)).sum()
+    kl = kl + (log_p.exp() * (log_p - log_q)).sum()
+    return kl * (tau * tau) / student_logits.numel()
 
 
 def build_criterion(*, mixup_active: bool, label_smoothing: float = 0.1) -> nn.Module:
@@ -188,7 +222,13 @@ class DistillationLoss(nn.Module):
         elif teacher_output.logits is not None:
             distill = soft_kl(dist_logits, teacher_output.logits, self.tau)
         elif teacher_output.topk_values is not None and teacher_output.topk_indices is not None:
-            distill = topk_soft_kl(dist_logits, teacher_output.topk_values, teacher_output.topk_indices, self.tau)
+            distill = topk_soft_kl(
+                dist_logits,
+                teacher_output.topk_values,
+                teacher_output.topk_indices,
+                self.tau,
+                teacher_output.topk_tail_logmass,
+            )
         else:
             raise ValueError(
                 "soft distillation needs the teacher's logits (full, or top-k values and indices); the teacher output "

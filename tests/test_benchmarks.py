@@ -16,6 +16,8 @@ from fastdeit.benchmarks.common import CSV_COLUMNS, Row, append_rows, latest_row
 from fastdeit.benchmarks.models import BenchConfig, Measurement, format_table, resolve_models
 from fastdeit.benchmarks.plot import plot_results
 from fastdeit.benchmarks.providers import PROVIDERS, XformersAttention, check_providers
+from fastdeit.benchmarks.topk_distillation import main as topk_main
+from fastdeit.benchmarks.topk_distillation import measure as topk_measure
 
 from fastdeit.batch_size import BatchSizeCache, find_max_batch, is_oom
 from fastdeit.cli import main
@@ -294,3 +296,27 @@ def test_xformers_attention_layout(monkeypatch):
     x, r = torch.randn(3, 5, 32), torch.randn(3, 5, 32)
     torch.testing.assert_close(xf(x), ref(x))
     torch.testing.assert_close(xf(x, residual=r), ref(x, residual=r))
+
+
+def test_topk_distillation_error_measurement(capsys):
+    # Logits exact in fp16: with k = C nothing is approximated.
+    teacher = torch.randint(-8, 8, (6, 5)).float()
+    student = torch.randn(6, 5)
+    rows = topk_measure(teacher, student, ks=[1, 2, 5], taus=[1.0])
+    assert [r["k"] for r in rows] == [1, 2, 5] and [r["bytes"] for r in rows] == [10, 14, 26]
+    for name in ("loss_error_tail", "grad_error_tail", "loss_error_renorm", "grad_error_renorm", "tail_mass"):
+        assert rows[-1][name] < 1e-12, name
+    assert (
+        rows[0]["grad_error_renorm"] > rows[1]["grad_error_renorm"] > 0 and rows[0]["tail_mass"] > rows[1]["tail_mass"]
+    )
+    assert all(r["grad_error_tail"] < r["grad_error_renorm"] for r in rows[:2])
+
+    argv = "--teacher random:convnet_tiny --data digits --img-size 16 --max-batches 1 --batch-size 20 --k 2 10"
+    assert topk_main(argv.split()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["teacher: convnet_tiny, random weights, 10 classes", "student: uniform (zero logits)",
+                       "20 images of digits (val)"]  # fmt: skip
+    assert out[3].split()[:4] == ["k", "tau", "tail", "mass"] and out[3].endswith("bytes/image")
+    assert [line.split()[:2] for line in out[4:]] == [["2", "1"], ["10", "1"], ["2", "3"], ["10", "3"]]
+    with pytest.raises(SystemExit):
+        topk_main("--teacher random:convnet_tiny --k 11".split())

@@ -13,6 +13,7 @@ from fastdeit.losses import (
     build_criterion,
     soft_kl,
     topk_soft_kl,
+    topk_tail_logmass,
 )
 
 
@@ -201,3 +202,31 @@ def test_topk_soft_kl_with_every_class_is_soft_kl():
     torch.testing.assert_close(top, full, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(g_top, g_full, rtol=1e-10, atol=1e-14)
     assert topk_soft_kl(student, *teacher.topk(5), 2.0).item() != pytest.approx(full.item(), rel=1e-6)
+
+
+def test_topk_soft_kl_uniform_tail():
+    """With the tail's mass, the teacher's distribution is its top k and an even spread of the rest: exact when the
+    tail is even, and equal to the KL of that distribution written out in full otherwise."""
+    student = torch.randn(4, 7, dtype=torch.float64)
+    teacher = torch.randn(4, 7, dtype=torch.float64)
+    teacher[:, 3:] = teacher[:, :1] - 2.0  # the 4 classes outside the top 3 share one logit: an even tail
+    values, indices = teacher.topk(3)
+    torch.testing.assert_close(
+        topk_soft_kl(student, values, indices, 1.5, topk_tail_logmass(teacher, indices, 1.5)),
+        soft_kl(student, teacher, 1.5),
+    )
+    teacher = 2 * torch.randn(4, 7, dtype=torch.float64)
+    values, indices = teacher.topk(2)
+    log_m = topk_tail_logmass(teacher, indices, 2.0)
+    probs = torch.softmax(teacher / 2.0, 1)
+    spread = torch.full_like(probs, 1.0) * (log_m.exp() / 5)[:, None]
+    spread.scatter_(1, indices, probs.gather(1, indices))
+    expected = (spread * (spread.log() - torch.log_softmax(student / 2.0, 1))).sum() * 4.0 / student.numel()
+    torch.testing.assert_close(topk_soft_kl(student, values, indices, 2.0, log_m), expected)
+    # k = C: the tail is empty (-inf) and adds nothing
+    values, indices = teacher.topk(7)
+    assert torch.isinf(topk_tail_logmass(teacher, indices, 1.0)).all()
+    torch.testing.assert_close(
+        topk_soft_kl(student, values, indices, 1.0, topk_tail_logmass(teacher, indices, 1.0)),
+        soft_kl(student, teacher, 1.0),
+    )

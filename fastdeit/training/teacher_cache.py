@@ -26,7 +26,8 @@ The batch key, field by field (what changes the images the teacher sees, or how 
     num_classes
 Not in the key, because they change the student and not the batches: the model, drop path, lr, schedule, epochs
 (epoch e's batches do not depend on how many follow), label smoothing (targets only), EMA, distillation alpha and
-tau, data threads, eval settings. Eval never uses the teacher. The train loader drops the last partial batch, so
+tau (a soft run replaying top-k logits must use the temperature they were recorded at: checked apart), data
+threads, eval settings. Eval never uses the teacher. The train loader drops the last partial batch, so
 every recorded step has batch_size rows.
 
 The teacher. The manifest keeps the teacher file's sha256 and description: a run that names a teacher
@@ -35,7 +36,8 @@ The teacher. The manifest keeps the teacher file's sha256 and description: a run
 Layout of a cache folder:
     manifest.json                            the batch key, the teacher, the contents (label dtype, k of top-k)
     e0003_r001_s000500_n000250.safetensors   epoch 3 (0-based), rank 1, steps 500-749: labels (250, B) int16
-                                             [+ topk_values (250, B, k) float16, topk_indices (250, B, k) int16]
+                                             [+ topk_values (250, B, k) float16, topk_indices (250, B, k) int16,
+                                                tail_logmass (250, B) float32]
 Each rank records and replays its own shard. Chunks are written atomically whenever the run writes a checkpoint
 (`flush`), so the cache covers every step a checkpoint covers: a killed run, resumed, computes and records only
 the steps no chunk holds, and a chunk is there whole or not at all. The steps a cache holds are the union of its
@@ -43,12 +45,13 @@ chunk names: there is no index to keep consistent across ranks and nodes. Runs r
 same time write equal labels for equal steps (same teacher, same batches), so overlapping chunks are harmless.
 
 Soft distillation from a cache (`--teacher-cache-topk K`) stores the teacher's K largest logits in fp16 with their
-classes, and the loss renormalises the teacher's distribution over them (fastdeit.losses.topk_soft_kl; its error
-against the full distribution is measured in the README). Every run using such a cache, the recording one
-included, uses that loss, so recording and replaying runs agree bit for bit there too.
+classes, and the log of its probability outside them at the run's temperature (fp32); the loss spreads that mass
+evenly over the other classes (fastdeit.losses.topk_soft_kl; its error against the full distribution is measured in
+the README). A soft run must use the temperature the cache was recorded at. Every run using such a cache, the
+recording one included, uses that loss, so recording and replaying runs agree bit for bit there too.
 
-Size: 2 bytes per image per epoch for the hard labels (ImageNet-1k: 2.56 MB per epoch), plus 4 bytes per image per
-k for top-k, plus a few hundred bytes per chunk file.
+Size: 2 bytes per image per epoch for the hard labels (ImageNet-1k: 2.56 MB per epoch), plus 4 + 4k bytes per image
+with top-k, plus a few hundred bytes per chunk file.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ from torch import nn
 
 from fastdeit.data.augment import RandAugmentConfig
 from fastdeit.io import atomic_write
-from fastdeit.losses import TeacherOutput
+from fastdeit.losses import TeacherOutput, topk_tail_logmass
 from fastdeit.training.checkpoints import latest_checkpoint
 from fastdeit.training.config import ConfigError, TrainConfig, user_errors
 from fastdeit.training.distributed import DistEnv, all_gather_objects
@@ -184,6 +187,9 @@ class TeacherCache:
         steps_per_epoch, batch_size: the train loader's.
         topk: k of the top-k logits this run asks for (0: hard labels only; a hard run then records whatever k
             the cache was recorded with).
+        tau: the distillation temperature: the teacher's mass outside its top k is recorded at this temperature
+            (a cache already recorded keeps its own).
+        soft: this run distils softly, so it needs the cache's top-k logits at its own temperature.
         teacher: the identity of this run's teacher file ({"file", "sha256", "teacher_model"}), None without one.
         device: where outputs are returned.
 
@@ -200,6 +206,8 @@ class TeacherCache:
         steps_per_epoch: int,
         batch_size: int,
         topk: int = 0,
+        tau: float = 1.0,
+        soft: bool = False,
         teacher: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -215,11 +223,13 @@ class TeacherCache:
         self.device = torch.device(device)
         if key["num_classes"] > np.iinfo(LABEL_DTYPE).max + 1:
             raise ConfigError(f"teacher_cache: labels are int16, at most 32768 classes; got {key['num_classes']}")
+        if topk > key["num_classes"]:
+            raise ConfigError(f"teacher_cache_topk: expected at most the {key['num_classes']} classes, got {topk}")
         self.manifest = self._read_manifest()
-        self.topk = topk
+        self.topk, self.tau, self.soft = topk, tau, soft
         if self.manifest is not None:
             self._check_manifest(self.manifest)
-            self.topk = self.manifest["contents"]["topk"]
+            self.topk, self.tau = self.manifest["contents"]["topk"], self.manifest["contents"]["tau"]
         elif teacher is None:
             raise ConfigError(
                 f"teacher_cache: {str(self.directory)!r} holds no recording ({MANIFEST} is missing) and no "
@@ -279,12 +289,15 @@ class TeacherCache:
                     f"{self.teacher['teacher_model']!r}). Use another --teacher-cache folder for this teacher, or "
                     "leave out --teacher-path to replay the recorded one."
                 )
-        k = manifest["contents"]["topk"]
+        k, tau = manifest["contents"]["topk"], manifest["contents"]["tau"]
         if self.topk and self.topk != k:
             held = f"the top-{k} logits" if k else "hard labels only"
+            fix = f"pass --teacher-cache-topk {k}, or record another cache" if k else "record another cache"
+            raise ConfigError(f"teacher_cache_topk: recorded {k}, this run {self.topk} ({where!r} holds {held}); {fix}")
+        if self.soft and tau != self.tau:
             raise ConfigError(
-                f"teacher_cache_topk: recorded {k}, this run {self.topk} ({where!r} holds {held}); pass "
-                f"--teacher-cache-topk {k}" + (" or record another cache" if k else ", or record another cache")
+                f"distillation_tau: recorded {tau}, this run {self.tau} ({where!r} holds the teacher's probability "
+                f"outside its top {k} at tau {tau}); use --distillation-tau {tau}, or record another cache"
             )
 
     def _manifest(self, description: str) -> dict[str, Any]:
@@ -299,6 +312,11 @@ class TeacherCache:
                 "topk": self.topk,
                 "topk_values": "float16 (steps, batch_size, topk)" if self.topk else None,
                 "topk_indices": "int16 (steps, batch_size, topk)" if self.topk else None,
+                "tail_logmass": "float32 (steps, batch_size): log of the teacher's probability outside its top k at "
+                "temperature tau"
+                if self.topk
+                else None,
+                "tau": self.tau,
                 "batch_size": self.batch_size,
                 "steps_per_epoch": self.steps_per_epoch,
                 "chunks": "e<epoch>_r<rank>_s<first step>_n<steps>.safetensors, epochs and steps 0-based",
@@ -330,8 +348,16 @@ class TeacherCache:
         """Read this rank's chunks of `epoch` onto the device."""
         shapes = {"labels": (self.batch_size,)}
         if self.topk:
-            shapes.update(topk_values=(self.batch_size, self.topk), topk_indices=(self.batch_size, self.topk))
-        dtypes = {"labels": LABEL_DTYPE, "topk_values": np.float16, "topk_indices": LABEL_DTYPE}
+            k = self.topk
+            shapes.update(
+                topk_values=(self.batch_size, k), topk_indices=(self.batch_size, k), tail_logmass=(self.batch_size,)
+            )
+        dtypes = {
+            "labels": LABEL_DTYPE,
+            "topk_values": np.float16,
+            "topk_indices": LABEL_DTYPE,
+            "tail_logmass": np.float32,
+        }
         arrays = {name: np.zeros((self.steps_per_epoch, *shape), dtype=dtypes[name]) for name, shape in shapes.items()}
         for first, count, path in self._chunks.get(epoch, []):
             try:
@@ -380,6 +406,7 @@ class TeacherCache:
             labels=stored["labels"].long(),
             topk_values=stored["topk_values"].float(),
             topk_indices=stored["topk_indices"].long(),
+            topk_tail_logmass=stored["tail_logmass"],
         )
 
     # --- recording --------------------------------------------------------------------------------------------
@@ -395,7 +422,11 @@ class TeacherCache:
         stored = {"labels": logits.argmax(dim=1).to(torch.int16)}
         if self.topk:
             values, indices = torch.topk(logits.float(), self.topk, dim=1)
-            stored.update(topk_values=values.to(torch.float16), topk_indices=indices.to(torch.int16))
+            stored.update(
+                topk_values=values.to(torch.float16),
+                topk_indices=indices.to(torch.int16),
+                tail_logmass=topk_tail_logmass(logits, indices, self.tau),
+            )
         self._pending[(epoch, step)] = stored
         self.description = self.description or description
         return self._output(stored)
@@ -523,6 +554,8 @@ class TeacherSource:
                 steps_per_epoch=len(loader),
                 batch_size=config.batch_size,
                 topk=config.teacher_cache_topk,
+                tau=config.distillation_tau,
+                soft=config.distillation_type == "soft",
                 teacher=identity,
                 device=env.device,
             )

@@ -147,13 +147,15 @@ def key(image_files) -> dict:
 
 
 def test_record_flush_lookup_round_trip(tmp_path: Path, key: dict):
-    cache = _cache(tmp_path / "c", key, topk=3)
+    cache = _cache(tmp_path / "c", key, topk=3, tau=2.0)
     recorded = {}
     for epoch, step in [(0, 0), (0, 1), (0, 2), (0, 4), (1, 0)]:  # a hole at (0, 3): two chunks for epoch 0
         recorded[(epoch, step)] = cache.record(epoch, step, _logits(epoch, step), "teacher X")
         expected = _logits(epoch, step)
         assert torch.equal(recorded[(epoch, step)].labels, expected.argmax(1))
         assert torch.equal(recorded[(epoch, step)].topk_values, expected.topk(3).values.half().float())
+        tail = 1 - torch.softmax(expected / 2.0, 1).topk(3).values.sum(1)  # at the cache's tau
+        torch.testing.assert_close(recorded[(epoch, step)].topk_tail_logmass, tail.log())
     assert not (tmp_path / "c").exists()  # nothing is written before a flush
     written = cache.flush()
     assert [p.name for p in written] == [
@@ -163,20 +165,26 @@ def test_record_flush_lookup_round_trip(tmp_path: Path, key: dict):
     ]
     assert cache.flush() == []
     manifest = json.loads((tmp_path / "c" / MANIFEST).read_text())
-    assert manifest["batches"] == key and manifest["contents"]["topk"] == 3
+    assert manifest["batches"] == key and manifest["contents"]["topk"] == 3 and manifest["contents"]["tau"] == 2.0
     assert manifest["teacher"]["description"] == "teacher X" and manifest["teacher"]["sha256"] == TEACHER["sha256"]
-    assert (tmp_path / "c" / chunk_name(0, 0, 0, 3)).stat().st_size < 3 * B * (2 + 3 * 4) + 400
+    assert (tmp_path / "c" / chunk_name(0, 0, 0, 3)).stat().st_size < 3 * B * (2 + 3 * 4 + 4) + 500
 
     # A new process (a hard run, no teacher): what it reads back is what the recording run used.
     replay = _cache(tmp_path / "c", key, teacher=None)
-    assert replay.topk == 3  # taken from the manifest
+    assert (replay.topk, replay.tau) == (3, 2.0)  # taken from the manifest
     assert replay.missing(0, 0, 2) == [(0, 3), (0, 5)] + [(1, s) for s in range(1, 6)]
     assert replay.missing(0, 4, 1) == [(0, 5)]
     for (epoch, step), out in recorded.items():
         got = replay.lookup(epoch, step)
-        for name in ("labels", "topk_values", "topk_indices"):
+        for name in ("labels", "topk_values", "topk_indices", "topk_tail_logmass"):
             assert torch.equal(getattr(got, name), getattr(out, name)), name
     assert replay.lookup(0, 3) is None and replay.lookup(1, 5) is None
+    # A soft run needs the temperature the tail masses were recorded at; a hard one does not care.
+    with pytest.raises(
+        ConfigError, match="distillation_tau: recorded 2.0, this run 1.0 .*outside its top 3 at tau 2.0"
+    ):
+        _cache(tmp_path / "c", key, teacher=None, topk=3, tau=1.0, soft=True)
+    _cache(tmp_path / "c", key, teacher=None, tau=1.0)
     # Another rank sees none of rank 0's chunks.
     assert _cache(tmp_path / "c", key, teacher=None, rank=1).steps_held() == 0
 
@@ -225,6 +233,8 @@ def test_refusals_name_the_field_and_both_values(tmp_path: Path, key: dict):
         _cache(directory, key, teacher=other_teacher)
     with pytest.raises(ConfigError, match="teacher_cache_topk: recorded 0, this run 5 .*hard labels only"):
         _cache(directory, key, topk=5)
+    with pytest.raises(ConfigError, match="teacher_cache_topk: expected at most the 10 classes, got 11"):
+        _cache(directory, key, topk=11)
     with pytest.raises(ConfigError, match="int16, at most 32768 classes"):
         _cache(tmp_path / "big", {**key, "num_classes": 40000})
     (tmp_path / "file").write_text("x")
