@@ -31,7 +31,8 @@ threads, eval settings. Eval never uses the teacher. The train loader drops the 
 every recorded step has batch_size rows.
 
 The teacher. The manifest keeps the teacher file's sha256 and description: a run that names a teacher
-(--teacher-path) must name the same file, else the cache is refused; a run without one trusts the manifest.
+(--teacher-path) must name a file with the same content, else the cache is refused; a run without one trusts the
+manifest.
 
 Layout of a cache folder:
     manifest.json                            the batch key, the teacher, the contents (label dtype, k of top-k)
@@ -276,19 +277,13 @@ class TeacherCache:
                 "folder for this configuration, or the recorded settings."
             )
         recorded = manifest["teacher"]
-        if self.teacher is not None:
-            same = (recorded["sha256"], recorded["teacher_model"]) == (
-                self.teacher["sha256"],
-                self.teacher["teacher_model"],
+        if self.teacher is not None and self.teacher["sha256"] != recorded["sha256"]:
+            raise ConfigError(
+                f"teacher_cache: {where!r} holds the outputs of teacher {recorded['file']} (sha256 "
+                f"{recorded['sha256'][:16]}); this run's teacher is {self.teacher['file']} (sha256 "
+                f"{self.teacher['sha256'][:16]}), another file. Use another --teacher-cache folder for this teacher, "
+                "or leave out --teacher-path to replay the recorded one."
             )
-            if not same:
-                raise ConfigError(
-                    f"teacher_cache: {where!r} holds the outputs of teacher {recorded['file']} (sha256 "
-                    f"{recorded['sha256'][:16]}, teacher_model {recorded['teacher_model']!r}); this run's teacher is "
-                    f"{self.teacher['file']} (sha256 {self.teacher['sha256'][:16]}, teacher_model "
-                    f"{self.teacher['teacher_model']!r}). Use another --teacher-cache folder for this teacher, or "
-                    "leave out --teacher-path to replay the recorded one."
-                )
         k, tau = manifest["contents"]["topk"], manifest["contents"]["tau"]
         if self.topk and self.topk != k:
             held = f"the top-{k} logits" if k else "hard labels only"
