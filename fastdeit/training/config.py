@@ -117,7 +117,7 @@ class TrainConfig:
         "teacher and added (a later student then needs no teacher; fastdeit/training/teacher_cache.py)",
     )
     teacher_cache_topk: int = _opt(
-        0, "with teacher_cache: also record the teacher's top-k logits (fp16), which soft distillation needs"
+        0, "with teacher_cache: also record the teacher's top-k logits and the mass of the rest, for soft distillation"
     )
     # --- fine-tuning, resuming, evaluation
     finetune: str = _opt(
@@ -236,7 +236,8 @@ class TrainConfig:
         if self.teacher_cache and self.distillation_type == "soft" and not self.teacher_cache_topk:
             raise ConfigError(
                 "teacher_cache with soft distillation needs --teacher-cache-topk K: the cache then keeps the teacher's "
-                "K largest logits and the loss renormalises over them (hard distillation needs only the labels)"
+                "K largest logits and the probability of the rest, an approximation of the full distribution whose "
+                "error the README gives (hard distillation needs only the labels, and is exact)"
             )
         if self.resume and self.finetune:
             raise ConfigError("give --resume (continue a run) or --finetune (start from weights), not both")
