@@ -4,6 +4,10 @@ Method:
 - Inference: forward under `torch.inference_mode()`. Training: forward, DeiT's loss (cross-entropy, and for a
   distilled model the mean of the class-token and distillation-token losses, the latter against the teacher's
   argmax when `teacher` is set), backward, AdamW step (fused kernel where torch has one), gradients set to None.
+  With `teacher_cache`, each distilled step is measured two ways on the same model and batch: with the live
+  teacher, and with the teacher's labels replayed as train.py's --teacher-cache does (int16 labels already on the
+  device, widened per step; fastdeit.training.teacher_cache). Their timed runs alternate, so a busy machine slows
+  both alike; the ratio is what recording the teacher once saves.
 - Precision, identical for every provider; bf16 on the GPU by default. Inference: the whole model is cast
   (`model.to(dtype)`), as a deployment would. Training: mixed precision as in the DeiT recipe and timm's AMP,
   fp32 weights and optimizer, forward and loss under `torch.autocast(dtype)` (fp32 runs without autocast).
@@ -35,6 +39,7 @@ from fastdeit._env import show_progress
 from fastdeit.batch_size import BatchSizeCache, find_max_batch, free_memory
 from fastdeit.cuda_graphs import capture
 from fastdeit.models import model_config
+from fastdeit.models.convnet import create_convnet, is_convnet
 
 from .common import (
     Row,
@@ -45,6 +50,7 @@ from .common import (
     median,
     package_version,
     repeat_timings,
+    time_iterations,
 )
 from .providers import (
     MODES,
@@ -86,6 +92,7 @@ PEAK_FLOPS = 790e12  # bf16 matrix products, H100 and H200, measured (shared/ANC
 MFU_GPUS = ("H100", "H200")
 CPU_BATCH = 8
 NUM_CLASSES = 1000
+CACHE_SUFFIX = "+cache"  # the mode of a distilled step whose teacher labels come from a teacher cache
 
 
 def resolve_models(names: list[str] | None) -> list[str]:
@@ -117,6 +124,7 @@ class BenchConfig:
     max_batch: int = 1024
     img_size: int | None = None
     teacher: str | None = None
+    teacher_cache: bool = False
     drop_path_rate: float = 0.0
     warmup: int = 5
     repeats: int = 10
@@ -149,6 +157,11 @@ class BenchConfig:
                     f"got {', '.join(plain)} (choose distilled models with --models, e.g. b-dist)"
                 )
             check_teacher(self.teacher)
+        if self.teacher_cache and (self.teacher is None or "training" not in self.modes):
+            raise ValueError(
+                "teacher_cache compares the distilled training step with the live teacher and with its cached labels: "
+                "it needs a teacher and the training mode (--teacher NAME --mode training)"
+            )
 
     def model_img_size(self, model: str) -> int:
         return self.img_size or model_config(model)["img_size"]
@@ -157,9 +170,12 @@ class BenchConfig:
     def dtype_name(self) -> str:
         return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
-    def mode_label(self, mode: str) -> str:
-        """The CSV `mode`: 'inference', 'training', or 'training+TEACHER'."""
-        return f"{mode}+{self.teacher}" if mode == "training" and self.teacher else mode
+    def mode_label(self, mode: str, cached: bool = False) -> str:
+        """The CSV `mode`: 'inference', 'training', 'training+TEACHER', or with the teacher's labels replayed from a
+        cache 'training+TEACHER+cache'."""
+        if mode != "training" or not self.teacher:
+            return mode
+        return f"{mode}+{self.teacher}" + (CACHE_SUFFIX if cached else "")
 
 
 @dataclass
@@ -245,7 +261,7 @@ def _adamw(model: nn.Module) -> torch.optim.Optimizer:
 
 class StepRunner:
     """One provider's model (and optimizer) for one mode; `step(batch)` returns a callable doing one step on a
-    fixed random batch."""
+    fixed random batch (`step(batch, cached=True)`: with the teacher's labels replayed instead of its forward)."""
 
     def __init__(self, provider: Provider, spec: BuildSpec, teacher: nn.Module | None = None) -> None:
         self.provider = provider
@@ -259,7 +275,7 @@ class StepRunner:
         dtype = self.spec.dtype if self.spec.mode == "inference" else torch.float32
         return torch.randn(size, device=self.spec.device, dtype=dtype)
 
-    def step(self, batch: int) -> Callable[[], None]:
+    def step(self, batch: int, cached: bool = False) -> Callable[[], None]:
         x = self._images(batch)
         if self.spec.mode == "inference":
             if self.provider.cuda_graph:
@@ -276,10 +292,18 @@ class StepRunner:
         amp = self.spec.dtype != torch.float32
         device_type = self.spec.device.type
 
+        recorded = None
+        if teacher is not None and cached:
+            # The teacher runs once, untimed; each step reads its labels as a replayed cache hands them over.
+            with torch.no_grad(), torch.autocast(device_type, dtype=self.spec.dtype, enabled=amp):
+                recorded = teacher(x).argmax(dim=-1).to(torch.int16)
+
         def train() -> None:
             with torch.autocast(device_type, dtype=self.spec.dtype, enabled=amp):
                 teacher_labels = None
-                if teacher is not None:
+                if recorded is not None:
+                    teacher_labels = recorded.long()
+                elif teacher is not None:
                     with torch.no_grad():
                         teacher_labels = teacher(x).argmax(dim=-1)
                 loss = _loss(model(x), labels, teacher_labels)
@@ -299,8 +323,9 @@ class StepRunner:
 
 
 def check_teacher(name: str) -> None:
-    """A teacher is a fastdeit model name or alias, or a timm model name (when timm imports); else a clear error."""
-    if MODEL_ALIASES.get(name, name) in fastdeit.list_models():
+    """A teacher is a fastdeit model name or alias (DeiT or convnet), or a timm model name (when timm imports); else a
+    clear error."""
+    if MODEL_ALIASES.get(name, name) in fastdeit.list_models() or is_convnet(name):
         return
     try:
         import timm
@@ -314,11 +339,14 @@ def check_teacher(name: str) -> None:
 
 
 def build_teacher(name: str, img_size: int, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, float | None]:
-    """The teacher (a fastdeit model name or alias, else a timm model name), eval mode, and its forward FLOPs per
-    image (None when unknown). The same teacher serves every provider, so its cost is common to all of them."""
+    """The teacher (a fastdeit model name or alias, a fastdeit convnet, else a timm model name), eval mode, and its
+    forward FLOPs per image (None when unknown). The same teacher serves every provider, so its cost is common to all
+    of them."""
     fastdeit_name = MODEL_ALIASES.get(name, name)
     with build_context(device):
-        if fastdeit_name in fastdeit.list_models():
+        if is_convnet(name):
+            model, flops = create_convnet(name, num_classes=NUM_CLASSES), None
+        elif fastdeit_name in fastdeit.list_models():
             model = fastdeit.create_model(fastdeit_name, img_size=img_size, num_classes=NUM_CLASSES)
             flops = model.flops_per_image()
         else:
@@ -349,6 +377,22 @@ def _mfu_applies(device: torch.device, dtype: torch.dtype) -> bool:
         and dtype in (torch.bfloat16, torch.float16)
         and any(g in device_name("cuda") for g in MFU_GPUS)
     )
+
+
+def _alternating_timings(steps: list[Callable[[], None]], cfg: BenchConfig) -> list[list[float]]:
+    """`repeat_timings` of each step, their timed runs taking turns (one step: exactly repeat_timings). Seconds per
+    iteration of each run, per step."""
+    if len(steps) == 1:
+        return [repeat_timings(steps[0], device=cfg.device, warmup=cfg.warmup, repeats=cfg.repeats,
+                               min_time=cfg.min_time)[1]]  # fmt: skip
+    iters = [
+        repeat_timings(s, device=cfg.device, warmup=cfg.warmup, repeats=0, min_time=cfg.min_time)[0] for s in steps
+    ]
+    timings: list[list[float]] = [[] for _ in steps]
+    for _ in range(cfg.repeats):
+        for step, n, out in zip(steps, iters, timings, strict=True):
+            out.append(time_iterations(step, n, cfg.device) / n)
+    return timings
 
 
 def _shrink(batch: int) -> int:
@@ -413,34 +457,50 @@ class ModelBenchmark:
 
         return find_max_batch(one_step, cap=self.cfg.max_batch, what=f"{spec.name} ({provider.name})")
 
-    def _measure(self, provider: Provider, spec: BuildSpec) -> Measurement:
+    def _measure(self, provider: Provider, spec: BuildSpec) -> list[Measurement]:
+        """The measurement of one (model, provider, mode); with teacher_cache, of the distilled step with the live
+        teacher and with its replayed labels, timed alternately on the same model and batch."""
         c = self.cfg
+        variants = (False, True) if spec.mode == "training" and c.teacher_cache else (False,)
         batch = self._batch_size(provider, spec)
         runner = self._runner(provider, spec)
         if c.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        seconds: list[float] = []
+        timings: list[list[float]] = []
 
         def timed(size: int) -> None:
-            _, seconds[:] = repeat_timings(
-                runner.step(size), device=c.device, warmup=c.warmup, repeats=c.repeats, min_time=c.min_time
-            )
+            timings[:] = _alternating_timings([runner.step(size, cached) for cached in variants], c)
 
         # The probe's size may not survive repeated steps (fragmentation): back off by quarters until one does.
         what = f"{spec.name} ({provider.name}, {spec.mode})"
         batch = find_max_batch(timed, start=batch, cap=batch, shrink=_shrink, what=what)
         peak = torch.cuda.max_memory_allocated() / 2**30 if c.device.type == "cuda" else None
+        return [
+            self._measurement(provider, spec, batch, seconds, peak, cached)
+            for cached, seconds in zip(variants, timings, strict=True)
+        ]
+
+    def _measurement(
+        self,
+        provider: Provider,
+        spec: BuildSpec,
+        batch: int,
+        seconds: list[float],
+        peak: float | None,
+        cached: bool,
+    ) -> Measurement:
+        c = self.cfg
         rates = sorted(batch / s for s in seconds)
         mfu = None
         if _mfu_applies(c.device, c.dtype):
             flops = forward_flops(spec.name, spec.img_size, c.device) * (3 if spec.mode == "training" else 1)
-            if spec.mode == "training" and c.teacher:
+            if spec.mode == "training" and c.teacher and not cached:
                 flops = flops + self.teacher_flops if self.teacher_flops is not None else math.nan
             mfu = None if math.isnan(flops) else median(rates) * flops / PEAK_FLOPS
         return Measurement(
             model=spec.name,
             provider=provider.name,
-            mode=c.mode_label(spec.mode),
+            mode=c.mode_label(spec.mode, cached),
             dtype=c.dtype_name,
             batch=batch,
             img_size=spec.img_size,
@@ -484,24 +544,29 @@ class ModelBenchmark:
             disable=not show_progress(c.progress),
         )  # fmt: skip
         for model, mode, provider in bar:
-            bar.set_postfix_str(f"{model} {provider.name} {mode}")
+            bar.set_postfix_str(f"{model} {provider.name} {c.mode_label(mode)}")
             try:
-                m = self._measure(provider, self._spec(model, mode))
+                ms = self._measure(provider, self._spec(model, mode))
             except Exception as e:  # one broken provider must not lose the others' numbers
                 first_line = (str(e).strip().splitlines() or [""])[0][:300]
-                line = f"FAILED {provider.name} {model} {mode}: {type(e).__name__}: {first_line}"
+                line = f"FAILED {provider.name} {model} {c.mode_label(mode)}: {type(e).__name__}: {first_line}"
                 outcome.failed.append(line)
                 tqdm.write(line, file=sys.stderr)
             else:
-                outcome.measurements.append(m)
-                if c.csv is not None:
-                    append_rows(c.csv, m.rows(), c.device.type)
+                for m in ms:
+                    outcome.measurements.append(m)
+                    if c.csv is not None:
+                        append_rows(c.csv, m.rows(), c.device.type)
             finally:
                 if provider.compile:
                     torch._dynamo.reset()  # drop the compiled graphs (and what they hold) before the next model
                 free_memory()
         bar.close()
         return outcome
+
+
+def _model_label(m: Measurement) -> str:
+    return m.model if m.img_size == model_config(m.model)["img_size"] else f"{m.model} @{m.img_size}"
 
 
 def _fmt_rate(v: float) -> str:
@@ -532,7 +597,7 @@ def format_table(measurements: list[Measurement]) -> str:
             ratio = f"{m.img_per_s / best[m.model]:.2f}x" if m.model in best else "-"
             lines.append(
                 (
-                    m.model if m.img_size == model_config(m.model)["img_size"] else f"{m.model} @{m.img_size}",
+                    _model_label(m),
                     m.provider,
                     str(m.batch),
                     _fmt_rate(m.img_per_s),
@@ -544,12 +609,32 @@ def format_table(measurements: list[Measurement]) -> str:
                 )
             )
         blocks.append("\n".join([f"{mode}, {dtype}, {gpu}", *format_columns(cols, lines, left=2)]))
+    cache_lines = _teacher_cache_ratios(measurements)
+    if cache_lines:
+        blocks.append("\n".join(["teacher cache: the distilled step with replayed teacher labels vs the live teacher",
+                                  *cache_lines]))  # fmt: skip
     notes = []
     if any(m.mfu is None for m in measurements):
         notes.append("MFU '-': only meaningful for bf16/fp16 on H100/H200 (790 TFLOP/s ceiling, shared/ANCHORS.md).")
     if any(m.paper is not None for m in measurements):
         notes.append("paper V100 fp32: DeiT paper Table 1 (one V100, fp32, largest batch); compare with fp32 rows.")
     return "\n\n".join(blocks + (["\n".join(notes)] if notes else []))
+
+
+def _teacher_cache_ratios(measurements: list[Measurement]) -> list[str]:
+    """For each step measured both ways in a group: 'model provider batch: live X img/s, cached Y img/s: Zx'."""
+    live = {(m.model, m.img_size, m.provider, m.mode, m.dtype, m.gpu_name, m.batch): m for m in measurements}
+    cols = ("model", "provider", "batch", "live teacher img/s", "cached labels img/s", "cached / live")
+    lines = []
+    for m in measurements:
+        twin = live.get(
+            (m.model, m.img_size, m.provider, m.mode.removesuffix(CACHE_SUFFIX), m.dtype, m.gpu_name, m.batch)
+        )
+        if m.mode.endswith(CACHE_SUFFIX) and twin is not None:
+            ratio = f"{m.img_per_s / twin.img_per_s:.2f}x"
+            rates = _fmt_rate(twin.img_per_s), _fmt_rate(m.img_per_s)
+            lines.append((_model_label(m), m.provider, str(m.batch), *rates, ratio))
+    return format_columns(cols, lines, left=2) if lines else []
 
 
 def environment_header(device: torch.device) -> str:

@@ -16,6 +16,8 @@ from fastdeit.benchmarks.common import CSV_COLUMNS, Row, append_rows, latest_row
 from fastdeit.benchmarks.models import BenchConfig, Measurement, format_table, resolve_models
 from fastdeit.benchmarks.plot import plot_results
 from fastdeit.benchmarks.providers import PROVIDERS, XformersAttention, check_providers
+from fastdeit.benchmarks.topk_distillation import main as topk_main
+from fastdeit.benchmarks.topk_distillation import measure as topk_measure
 
 from fastdeit.batch_size import BatchSizeCache, find_max_batch, is_oom
 from fastdeit.cli import main
@@ -87,6 +89,30 @@ def test_bench_training_with_teacher(tmp_path, capsys):
     assert {r["mode"] for r in rows} == {"training+ti-dist"}
 
 
+def test_bench_teacher_cache_measures_live_and_cached_in_one_run(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    argv = TINY + "--mode training --providers fastdeit-torch --teacher convnet_tiny --teacher-cache".split()
+    assert run_bench([*argv, "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in check_csv(path) if r["metric"] == "throughput"]
+    assert sorted(r["mode"] for r in rows) == ["training+convnet_tiny", "training+convnet_tiny+cache"]
+    assert len({r["batch"] for r in rows}) == 1  # the same batch: the two differ by the teacher alone
+    ratio_block = out[out.index("teacher cache: the distilled step") :].splitlines()
+    assert ratio_block[1].rstrip().endswith("live teacher img/s  cached labels img/s  cached / live")
+    assert ratio_block[2].startswith("deit_tiny_distilled_patch16_224 @32") and ratio_block[2].endswith("x")
+
+
+def test_format_table_teacher_cache_ratio():
+    live = _measurement("fastdeit", 100.0, mode="training+regnety_160")
+    cached = _measurement("fastdeit", 250.0, mode="training+regnety_160+cache")
+    other_batch = _measurement("timm", 50.0, mode="training+regnety_160+cache", batch=128)
+    table = format_table([live, cached, other_batch])
+    block = table[table.index("teacher cache:") :].splitlines()
+    assert block[2].split() == ["deit_base_patch16_224", "fastdeit", "256", "100", "250", "2.50x"]
+    assert not any("timm" in line for line in block)  # no live twin at its batch: no ratio
+    assert "teacher cache:" not in format_table([live])
+
+
 def test_bench_user_errors(capsys):
     assert run_bench(["--models", "deit_huge"]) == 2  # one line naming what was expected, no traceback
     assert "fastdeit bench: error: unknown model 'deit_huge'" in capsys.readouterr().err
@@ -101,6 +127,11 @@ def test_bench_user_errors(capsys):
         BenchConfig(models=["deit_tiny_patch16_224"], teacher="ti-dist", **cfg)
     with pytest.raises(ValueError, match="unknown teacher 'resnet_x'|teacher 'resnet_x' is not a fastdeit model"):
         BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher="resnet_x", **cfg)
+    with pytest.raises(ValueError, match="teacher_cache compares .* needs a teacher and the training mode"):
+        BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher_cache=True, **cfg)
+    with pytest.raises(ValueError, match="teacher_cache compares .* needs a teacher and the training mode"):
+        BenchConfig(models=["deit_tiny_distilled_patch16_224"], teacher="ti-dist", teacher_cache=True,
+                    **{**cfg, "modes": ["inference"]})  # fmt: skip
     with pytest.raises(ValueError, match="img_size must be a positive multiple of the patch size 16, got 50"):
         BenchConfig(models=["deit_tiny_patch16_224"], img_size=50, **cfg)
     with pytest.raises(ValueError, match="mode must be one of inference, training, got 'serving'"):
@@ -265,3 +296,27 @@ def test_xformers_attention_layout(monkeypatch):
     x, r = torch.randn(3, 5, 32), torch.randn(3, 5, 32)
     torch.testing.assert_close(xf(x), ref(x))
     torch.testing.assert_close(xf(x, residual=r), ref(x, residual=r))
+
+
+def test_topk_distillation_error_measurement(capsys):
+    # Logits exact in fp16: with k = C nothing is approximated.
+    teacher = torch.randint(-8, 8, (6, 5)).float()
+    student = torch.randn(6, 5)
+    rows = topk_measure(teacher, student, ks=[1, 2, 5], taus=[1.0])
+    assert [r["k"] for r in rows] == [1, 2, 5] and [r["bytes"] for r in rows] == [10, 14, 26]
+    for name in ("loss_error_tail", "grad_error_tail", "loss_error_renorm", "grad_error_renorm", "tail_mass"):
+        assert rows[-1][name] < 1e-12, name
+    assert (
+        rows[0]["grad_error_renorm"] > rows[1]["grad_error_renorm"] > 0 and rows[0]["tail_mass"] > rows[1]["tail_mass"]
+    )
+    assert all(r["grad_error_tail"] < r["grad_error_renorm"] for r in rows[:2])
+
+    argv = "--teacher random:convnet_tiny --data digits --img-size 16 --max-batches 1 --batch-size 20 --k 2 10"
+    assert topk_main(argv.split()) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["teacher: convnet_tiny, random weights, 10 classes", "student: uniform (zero logits)",
+                       "20 images of digits (val)"]  # fmt: skip
+    assert out[3].split()[:4] == ["k", "tau", "tail", "mass"] and out[3].endswith("bytes/image")
+    assert [line.split()[:2] for line in out[4:]] == [["2", "1"], ["10", "1"], ["2", "3"], ["10", "3"]]
+    with pytest.raises(SystemExit):
+        topk_main("--teacher random:convnet_tiny --k 11".split())

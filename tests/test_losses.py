@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from fastdeit.losses import DistillationLoss, SoftTargetCrossEntropy, build_criterion
+from fastdeit.losses import (
+    DistillationLoss,
+    SoftTargetCrossEntropy,
+    TeacherOutput,
+    build_criterion,
+    soft_kl,
+    topk_soft_kl,
+    topk_tail_logmass,
+)
 
 
 def log_softmax(row, t=1.0):
@@ -138,9 +146,87 @@ def test_distillation_errors():
         wide(x, student_outputs(), labels)
     with pytest.raises(ValueError, match="distillation_type must be one of"):
         DistillationLoss(nn.CrossEntropyLoss(), None, "medium", alpha=0.5, tau=1.0)
-    with pytest.raises(ValueError, match="needs a teacher model"):
-        DistillationLoss(nn.CrossEntropyLoss(), None, "soft", alpha=0.5, tau=1.0)
+    no_teacher = DistillationLoss(nn.CrossEntropyLoss(), None, "soft", alpha=0.5, tau=1.0)
+    with pytest.raises(ValueError, match="needs a teacher model or a teacher_output per call; got neither"):
+        no_teacher(x, student_outputs(), labels)
+    with pytest.raises(ValueError, match="soft distillation needs the teacher's logits .* hard labels only"):
+        no_teacher(x, student_outputs(), labels, TeacherOutput(labels=torch.tensor([1, 2])))
+    with pytest.raises(ValueError, match=r"must both be \(B, k\) with the student's B=2"):
+        topk_soft_kl(torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match="alpha must be in \\[0, 1\\]"):
         DistillationLoss(nn.CrossEntropyLoss(), None, "none", alpha=1.5, tau=1.0)
     with pytest.raises(ValueError, match="tau must be > 0"):
         DistillationLoss(nn.CrossEntropyLoss(), None, "none", alpha=0.5, tau=0.0)
+
+
+def test_teacher_output_given_per_call_replaces_the_teacher():
+    """What a teacher cache passes (labels, or top-k logits) gives the loss the live teacher gives."""
+    x, labels = torch.zeros(2, 3, 4, 4), torch.tensor(LABELS)
+    live = DistillationLoss(nn.CrossEntropyLoss(), Teacher(TEACHER), "hard", alpha=0.5, tau=1.0)
+    cached = DistillationLoss(nn.CrossEntropyLoss(), None, "hard", alpha=0.5, tau=1.0)
+    expected = live(x, student_outputs(), labels)
+    assert torch.equal(cached(x, student_outputs(), labels, TeacherOutput(labels=torch.tensor([1, 2]))), expected)
+    assert torch.equal(cached(x, student_outputs(), labels, TeacherOutput(logits=torch.tensor(TEACHER))), expected)
+    soft = DistillationLoss(nn.CrossEntropyLoss(), None, "soft", alpha=0.5, tau=2.0)
+    values, indices = torch.tensor(TEACHER).topk(3)  # k = C: the full distribution
+    torch.testing.assert_close(
+        soft(x, student_outputs(), labels, TeacherOutput(topk_values=values, topk_indices=indices)),
+        soft(x, student_outputs(), labels, TeacherOutput(logits=torch.tensor(TEACHER))),
+    )
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_topk_soft_kl_by_hand(tau):
+    """k = 2 of 3 classes: the teacher's distribution renormalised over its two largest logits."""
+    dist = torch.tensor(DIST, requires_grad=True)
+    values, indices = torch.tensor(TEACHER).topk(2)
+    got = topk_soft_kl(dist, values, indices, tau)
+    kl = 0.0
+    for s_row, t_row in zip(DIST, TEACHER, strict=True):
+        top = sorted(range(3), key=lambda c: -t_row[c])[:2]
+        lt = log_softmax([t_row[c] for c in top], tau)
+        ls = log_softmax(s_row, tau)
+        kl += sum(math.exp(b) * (b - ls[c]) for c, b in zip(top, lt, strict=True))
+    assert math.isclose(got.item(), kl * tau * tau / 6, rel_tol=1e-5)
+    got.backward()
+    assert dist.grad.abs().sum() > 0
+
+
+def test_topk_soft_kl_with_every_class_is_soft_kl():
+    student = torch.randn(8, 50, dtype=torch.float64, requires_grad=True)
+    teacher = 3 * torch.randn(8, 50, dtype=torch.float64)
+    full = soft_kl(student, teacher, 2.0)
+    (g_full,) = torch.autograd.grad(full, student)
+    top = topk_soft_kl(student, *teacher.topk(50), 2.0)
+    (g_top,) = torch.autograd.grad(top, student)
+    torch.testing.assert_close(top, full, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g_top, g_full, rtol=1e-10, atol=1e-14)
+    assert topk_soft_kl(student, *teacher.topk(5), 2.0).item() != pytest.approx(full.item(), rel=1e-6)
+
+
+def test_topk_soft_kl_uniform_tail():
+    """With the tail's mass, the teacher's distribution is its top k and an even spread of the rest: exact when the
+    tail is even, and equal to the KL of that distribution written out in full otherwise."""
+    student = torch.randn(4, 7, dtype=torch.float64)
+    teacher = torch.randn(4, 7, dtype=torch.float64)
+    teacher[:, 3:] = teacher[:, :1] - 2.0  # the 4 classes outside the top 3 share one logit: an even tail
+    values, indices = teacher.topk(3)
+    torch.testing.assert_close(
+        topk_soft_kl(student, values, indices, 1.5, topk_tail_logmass(teacher, indices, 1.5)),
+        soft_kl(student, teacher, 1.5),
+    )
+    teacher = 2 * torch.randn(4, 7, dtype=torch.float64)
+    values, indices = teacher.topk(2)
+    log_m = topk_tail_logmass(teacher, indices, 2.0)
+    probs = torch.softmax(teacher / 2.0, 1)
+    spread = torch.full_like(probs, 1.0) * (log_m.exp() / 5)[:, None]
+    spread.scatter_(1, indices, probs.gather(1, indices))
+    expected = (spread * (spread.log() - torch.log_softmax(student / 2.0, 1))).sum() * 4.0 / student.numel()
+    torch.testing.assert_close(topk_soft_kl(student, values, indices, 2.0, log_m), expected)
+    # k = C: the tail is empty (-inf) and adds nothing
+    values, indices = teacher.topk(7)
+    assert torch.isinf(topk_tail_logmass(teacher, indices, 1.0)).all()
+    torch.testing.assert_close(
+        topk_soft_kl(student, values, indices, 1.0, topk_tail_logmass(teacher, indices, 1.0)),
+        soft_kl(student, teacher, 1.0),
+    )

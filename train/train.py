@@ -11,6 +11,8 @@ Two nodes (run on each; NODE0 is the first node's address; --output-dir on a sha
         train/train.py --config train/configs/deit_base.yaml --data /data/imagenet ...
 Fine-tune at 384:   ... --config train/configs/deit_base_384_finetune.yaml --finetune runs/deit_base/ckpt_<step>.pt
 Resume a run:       the same command plus --resume auto (the latest checkpoint in --output-dir)
+Teacher once:       add --teacher-cache DIR: records the teacher's labels; later students with the same data
+                    settings and --teacher-cache DIR replay them (no --teacher-path needed, bit-identical weights)
 Evaluate:           python train/train.py --data /data/imagenet --model ... --eval-only --resume CKPT
 CPU, 2 processes:   torchrun --standalone --nproc_per_node 2 train/train.py --config train/configs/digits_student.yaml
 Every option with its default (DeiT's): python train/train.py --help. Config files: train/configs/*.yaml.
@@ -64,6 +66,7 @@ from fastdeit.training import (
 from fastdeit.training.checkpoints import TrainingDiverged, all_finite
 from fastdeit.training.config import user_errors
 from fastdeit.training.distributed import broadcast_object
+from fastdeit.training.teacher_cache import TeacherSource
 from fastdeit.training.teachers import load_teacher
 
 # Keys that may differ on resume without changing the run itself.
@@ -204,25 +207,29 @@ def main(config: TrainConfig) -> dict[str, float]:
             generator=generators["mixup"],
         )
     erasing = RandomErasing(config.reprob, generator=generators["erasing"]) if config.reprob > 0 else None
+    # The teacher's output per step: live, or replayed from --teacher-cache (fastdeit.training.teacher_cache).
     teacher = None
     if distill:
+        load_live = partial(
+            load_teacher,
+            config.teacher_path,
+            config.teacher_model,
+            num_classes=num_classes,
+            img_size=config.img_size,
+            batch_size=config.batch_size,
+            device=device,
+            autocast=autocast(),
+        )
         with user_errors("teacher"):
-            teacher = load_teacher(
-                config.teacher_path,
-                config.teacher_model,
-                num_classes=num_classes,
-                img_size=config.img_size,
-                batch_size=config.batch_size,
-                device=device,
-                autocast=autocast(),
+            teacher = TeacherSource.build(
+                config, load_live, env=env, amp=amp, loader=train_loader, data_info=train_info, log=log
             )
         log(
-            f"teacher: {teacher.description}; {config.distillation_type} distillation, "
-            f"alpha {config.distillation_alpha}, tau {config.distillation_tau}"
+            f"{config.distillation_type} distillation, alpha {config.distillation_alpha}, tau {config.distillation_tau}"
         )
     criterion = DistillationLoss(
         build_criterion(mixup_active=mixup is not None, label_smoothing=config.smoothing),
-        teacher,
+        None,  # the teacher's output comes with each call
         config.distillation_type,
         config.distillation_alpha,
         config.distillation_tau,
@@ -293,6 +300,8 @@ def main(config: TrainConfig) -> dict[str, float]:
     metrics = MetricsLog(out_dir, enabled=env.is_main, tensorboard=config.tensorboard, start_step=step)
 
     def save_checkpoint(epoch: int, epoch_step: int, last_eval: dict[str, float]) -> None:
+        if teacher is not None:
+            teacher.flush()  # the teacher cache holds every step a checkpoint holds
         # Never replace good checkpoints with diverged weights (keep_last would delete the good ones).
         if not all_finite(raw_model):
             raise TrainingDiverged(f"the weights hold NaN/inf at step {step}: stopping; {_last_good(ckpts)}")
@@ -343,7 +352,9 @@ def main(config: TrainConfig) -> dict[str, float]:
                 images, targets = mixup(images, targets)
             with autocast():
                 outputs = model(images)  # distilled training: (cls_logits, dist_logits)
-                loss = criterion(images, outputs, targets)  # the teacher, if any, sees the mixed images
+                # The teacher, if any, sees the mixed images (or its output for them is replayed from the cache).
+                teacher_output = teacher(images, epoch, epoch_step) if teacher is not None else None
+                loss = criterion(images, outputs, targets, teacher_output)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if config.clip_grad:

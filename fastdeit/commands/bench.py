@@ -3,6 +3,7 @@
     fastdeit bench                                   8 models x every available provider, inference and training
     fastdeit bench --models ti b-dist --mode inference --dtype fp32
     fastdeit bench --models b-dist --mode training --batch-size 256 --teacher regnety_160
+    fastdeit bench --models ti-dist --mode training --teacher convnet_tiny --teacher-cache   live teacher vs cache
     fastdeit bench --kernels [--ops attention layer_norm] [--full]
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
@@ -46,7 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--max-batch", type=int, default=1024, help="cap of the largest-batch search (default 1024)")
     models.add_argument("--img-size", type=int, help="input size (default the model's; the paper column needs it)")
     models.add_argument(
-        "--teacher", help="training: add this teacher's forward (fastdeit model, or timm's regnety_160)"
+        "--teacher", help="training: add this teacher's forward (fastdeit DeiT or convnet, or timm's regnety_160)"
+    )
+    models.add_argument(
+        "--teacher-cache",
+        action="store_true",
+        help="with --teacher: measure each distilled step twice, with the live teacher and with its labels replayed "
+        "from a cache (train.py --teacher-cache), at the same batch; prints the ratio",
     )
     models.add_argument("--drop-path", type=float, default=0.0, help="training: stochastic depth rate (default 0)")
     models.add_argument("--warmup", type=int, help="untimed steps first (default 5 on a GPU, 1 on CPU)")
@@ -125,6 +132,7 @@ def _run_models(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         img_size=args.img_size,
         teacher=args.teacher,
+        teacher_cache=args.teacher_cache,
         drop_path_rate=args.drop_path,
         warmup=args.warmup if args.warmup is not None else (5 if gpu else 1),
         repeats=args.repeats if args.repeats is not None else (10 if gpu else 3),

@@ -111,6 +111,14 @@ class TrainConfig:
         "", "teacher architecture: a timm name (regnety_160) or a fastdeit model; empty: read from teacher_path"
     )
     teacher_path: str = _opt("", "teacher weights or model file, or a training output folder (its latest checkpoint)")
+    teacher_cache: str = _opt(
+        "",
+        "folder of the teacher's recorded outputs for these batches: replayed where recorded, else computed by the "
+        "teacher and added (a later student then needs no teacher; fastdeit/training/teacher_cache.py)",
+    )
+    teacher_cache_topk: int = _opt(
+        0, "with teacher_cache: also record the teacher's top-k logits and the mass of the rest, for soft distillation"
+    )
     # --- fine-tuning, resuming, evaluation
     finetune: str = _opt(
         "", "initial weights (any format fastdeit reads): pos-embed resampled, head replaced if the class count differs"
@@ -213,10 +221,23 @@ class TrainConfig:
             fail("crop_scale", "two values lo,hi with 0 < lo <= hi <= 1")
         if self.seed < 0:
             fail("seed", "an integer >= 0")
-        if self.distillation_type != "none" and not self.teacher_path:
+        if self.distillation_type != "none" and not (self.teacher_path or self.teacher_cache):
             raise ConfigError(
                 f"distillation_type={self.distillation_type!r} needs a teacher: --teacher-path (a fastdeit checkpoint "
-                "or output folder, a TorchScript or .pt2 file, or the weights of --teacher-model, e.g. regnety_160)"
+                "or output folder, a TorchScript or .pt2 file, or the weights of --teacher-model, e.g. regnety_160), "
+                "or --teacher-cache (a folder of its recorded outputs)"
+            )
+        if self.teacher_cache and self.distillation_type == "none":
+            fail("teacher_cache", "no value without distillation (--distillation-type hard or soft)")
+        if self.teacher_cache_topk < 0:
+            fail("teacher_cache_topk", "a value >= 0")
+        if self.teacher_cache_topk and not self.teacher_cache:
+            fail("teacher_cache_topk", "0 without --teacher-cache")
+        if self.teacher_cache and self.distillation_type == "soft" and not self.teacher_cache_topk:
+            raise ConfigError(
+                "teacher_cache with soft distillation needs --teacher-cache-topk K: the cache then keeps the teacher's "
+                "K largest logits and the probability of the rest, an approximation of the full distribution whose "
+                "error the README gives (hard distillation needs only the labels, and is exact)"
             )
         if self.resume and self.finetune:
             raise ConfigError("give --resume (continue a run) or --finetune (start from weights), not both")
