@@ -312,6 +312,7 @@ def _layer_norm_launches(mode: Mode, shape: Shape) -> Iterator[str]:
 
 def _attention_launches(mode: Mode, shape: Shape) -> Iterator[str]:
     """attention_qkv forward and backward on the packed (B, N, 3C) qkv projection."""
+    from fastdeit.kernels._utils import triton_dots_fit
     from fastdeit.kernels.attention import attention_qkv_bwd, attention_qkv_fwd
 
     B, N, C = shape.batch, shape.tokens, shape.width
@@ -320,6 +321,8 @@ def _attention_launches(mode: Mode, shape: Shape) -> Iterator[str]:
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(mode.fp32_matmul_precision)
     try:
+        if not triton_dots_fit(mode.compute, torch.device("cuda")):
+            return  # `attention_qkv` runs torch's SDPA there
         out, lse = attention_qkv_fwd(qkv, heads, HEAD_DIM**-0.5)
         yield "qkv fwd"
         attention_qkv_bwd(_empty(B, N, C, dtype=mode.compute), qkv, out, lse, heads, HEAD_DIM**-0.5)

@@ -32,55 +32,76 @@ backward), so any N >= 1 works on unpadded inputs. Tensors are addressed through
 be views, e.g. of timm's packed qkv projection output, which `attention_qkv` reads in place.
 
 fp32 inputs: `tl.dot` follows torch's matmul setting, ieee for `torch.get_float32_matmul_precision() == "highest"`
-(the default) and tf32 otherwise, the same choice torch makes for its own fp32 matmuls. fp16/bf16 inputs: the dots
-take that dtype (P and dS are rounded to it before their dots, as in flash attention) and accumulate in fp32.
+(the default) and tf32 otherwise, the same choice torch makes for its own fp32 matmuls (`dot_precision`). On a GPU,
+ieee fp32 runs torch's SDPA instead: that tl.dot has no tensor-core form and Triton's fallback spills
+(`triton_dots_fit`). fp16/bf16 inputs: the dots take that dtype (P and dS are rounded to it before their dots, as in
+flash attention) and accumulate in fp32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._utils import AUTOTUNE_KWARGS, check_same, check_tensor, is_interpreter
+from ._utils import AUTOTUNE_KWARGS, check_same, check_tensor, dot_precision, is_interpreter, triton_dots_fit
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = math.log2(math.e)
 
 
-def _configs(interpreted: list[dict], gpu: list[tuple[dict, int, int]]) -> list[triton.Config]:
-    """One small config under the interpreter (small tiles still exercise multi-block paths), else Hopper configs."""
+def _configs(
+    interpreted: list[dict], gpu: list[tuple[dict, int, int, bool]]
+) -> tuple[list[triton.Config], list[triton.Config]]:
+    """(every config, those for tf32 dots): one small config under the interpreter (small tiles still exercise
+    multi-block paths), else Hopper configs, each with whether it is also built for tf32."""
     if is_interpreter():
-        return [triton.Config(kw, num_warps=4, num_stages=1) for kw in interpreted]
-    return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in gpu]
+        configs = [triton.Config(kw, num_warps=4, num_stages=1) for kw in interpreted]
+        return configs, configs
+    configs = [(triton.Config(kw, num_warps=w, num_stages=s), tf32) for kw, w, s, tf32 in gpu]
+    return [c for c, _ in configs], [c for c, tf32 in configs if tf32]
+
+
+def _by_dot_precision(tf32_configs: list[triton.Config]) -> dict[str, Callable[..., list[triton.Config]]]:
+    """The autotuner's pruning: fp32 operands with tf32 dots try only `tf32_configs`."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+        return tf32_configs if kwargs["DOT_PRECISION"] == "tf32" else configs
+
+    return {"early_config_prune": prune}
 
 
 # Autotuning is keyed on the sequence length and head dim (and, automatically, the dtypes), never on the batch size.
 # DeiT uses a handful of lengths (197/198/577/578), so the exact length is a fine key.
-_FWD_CONFIGS = _configs(
+# Every GPU config builds for sm_90 with wgmma, no spills and no serialised wgmma in bf16 and fp16, and those marked
+# so also for fp32 with tf32 dots (whose fp32 operands take twice the registers), on triton 3.6 and 3.9
+# (`fastdeit bench --compile-report`). fp32 with IEEE dots never runs these kernels on a GPU (`triton_dots_fit`).
+_FWD_CONFIGS, _FWD_TF32_CONFIGS = _configs(
     [{"BLOCK_M": 32, "BLOCK_N": 16}],
     [
-        ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 4),
-        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
-        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 4),
-        ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
-        ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2),
+        ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3, False),  # tf32: spills (4-160 bytes)
+        ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3, True),
+        ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3, True),
+        ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 4, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 4, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2, True),
     ],
 )
-_BWD_CONFIGS = _configs(
+_BWD_CONFIGS, _BWD_TF32_CONFIGS = _configs(
     [{"BLOCK_OWN": 32, "BLOCK_ITER": 16}],
     [
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 3),
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 2),
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 64}, 8, 2),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 3),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 2),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 8, 2),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 3, True),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 2, True),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 64}, 8, 2, False),  # tf32: spills (20 bytes)
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 3, True),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 2, True),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 8, 2, True),
     ],
 )
 _PREPROCESS_BLOCK_M = 64
@@ -152,7 +173,12 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
+@triton.autotune(
+    configs=_FWD_CONFIGS,
+    key=["seq_len", "HEAD_DIM"],
+    prune_configs_by=_by_dot_precision(_FWD_TF32_CONFIGS),
+    **AUTOTUNE_KWARGS,
+)
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr,
@@ -324,7 +350,12 @@ def _bwd_dq_tile(
     return dq
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
+@triton.autotune(
+    configs=_BWD_CONFIGS,
+    key=["seq_len", "HEAD_DIM"],
+    prune_configs_by=_by_dot_precision(_BWD_TF32_CONFIGS),
+    **AUTOTUNE_KWARGS,
+)
 @triton.jit
 def _attn_bwd_kernel(
     q_ptr,
@@ -444,13 +475,6 @@ def _attn_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------------
 # Host launchers (no autograd)
 # ----------------------------------------------------------------------------------------------------------------------
-def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: only matters for fp32 inputs, where it follows torch's fp32 matmul setting."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
-
-
 def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
     """Check q, k, v: same (B, H, N, D) shape, dtype and device, D in HEAD_DIMS; any strides. Returns (B, H, N, D)."""
     check_tensor(op, "q", q, ndim=4)
@@ -538,7 +562,7 @@ def attention_fwd(
         seq_len,
         scale * LOG2E,
         HEAD_DIM=head_dim,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
     )
     return out, lse
 
@@ -609,7 +633,7 @@ def attention_bwd(
         scale,
         scale * LOG2E,
         HEAD_DIM=head_dim,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
     )
     return dq, dk, dv
 
@@ -825,11 +849,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
         scale: score scale, default D**-0.5.
 
     Returns:
-        (B, H, N, D) contiguous, in q's dtype. Gradients dq, dk, dv: (B, H, N, D).
+        (B, H, N, D) contiguous, in q's dtype. Gradients dq, dk, dv: (B, H, N, D). fp32 on a GPU under torch's
+        default "highest" fp32 matmul precision runs torch's SDPA (IEEE), see `triton_dots_fit`.
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"attention: q must be a torch.Tensor, got {type(q).__name__}")
-    out, _ = torch.ops.fastdeit.attention_fwd(q, k, v, _default_scale(q.shape[-1], scale))
+    scale = _default_scale(q.shape[-1], scale)
+    if not triton_dots_fit(q.dtype, q.device):
+        _check_qkv("attention", q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).contiguous()
+    out, _ = torch.ops.fastdeit.attention_fwd(q, k, v, scale)
     return out
 
 
@@ -844,12 +873,20 @@ def attention_qkv(qkv: torch.Tensor, num_heads: int, scale: float | None = None)
 
     Returns:
         (B, N, H * D) contiguous, in qkv's dtype: timm's `(attn @ v).transpose(1, 2).reshape(B, N, H * D)`, ready for
-        the output projection. The gradient for qkv comes back packed, (B, N, 3 * H * D).
+        the output projection. The gradient for qkv comes back packed, (B, N, 3 * H * D). fp32 with IEEE dots on
+        a GPU runs torch's SDPA, as `attention`.
     """
     if not isinstance(qkv, torch.Tensor):
         raise TypeError(f"attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise ValueError(f"attention_qkv: num_heads must be a positive int, got {num_heads!r}")
     head_dim = qkv.shape[-1] // (3 * num_heads)
-    out, _ = torch.ops.fastdeit.attention_qkv_fwd(qkv, num_heads, _default_scale(max(head_dim, 1), scale))
+    scale = _default_scale(max(head_dim, 1), scale)
+    if not triton_dots_fit(qkv.dtype, qkv.device):
+        batch, heads, seq_len, head_dim = _check_packed("attention_qkv", qkv, num_heads)
+        q, k, v = _split_packed(qkv, num_heads)
+        _check_qkv("attention_qkv", q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return out.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+    out, _ = torch.ops.fastdeit.attention_qkv_fwd(qkv, num_heads, scale)
     return out

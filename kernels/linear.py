@@ -13,7 +13,7 @@ Two forward paths, picked per shape by `_use_triton_matmul`:
   * a Triton matmul (tiles, `tl.dot`, fp32 accumulator, grouped program order for L2 reuse) with
     bias, GELU and residual applied to the accumulator before the single store;
   * cuBLAS `addmm` (bias fused there) followed by a Triton elementwise kernel for GELU and the residual.
-fp32 inputs use IEEE fp32 products in `tl.dot` (no tf32), matching torch's default fp32 matmul.
+fp32 inputs: `tl.dot` follows torch's fp32 matmul precision (`dot_precision`: IEEE by default, tf32 when allowed).
 
 Dtypes: x, weight and bias share the compute dtype, which pre has too. The residual may have another float dtype
 (the fp32 residual stream under autocast); it is added in fp32 and out has torch.promote_types(x, residual), exactly
@@ -29,29 +29,38 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, is_interpreter
+from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, dot_precision, is_interpreter
 
 _OP = "linear"
 ACTIVATIONS = (None, "gelu")
 
 # Hopper-oriented tile sweep, keyed on (N, K) only: M is batch * tokens and would re-tune on every batch size.
-# Under the interpreter a single small config (no tuning runs); tiles of 32 still leave partial edge tiles in tests.
+# Under the interpreter a single small config (no tuning runs); tiles of 32 still leave partial edge tiles in tests,
+# and its split epilogue runs the GPU configs' code path.
+# Every GPU config builds for sm_90 with wgmma, no spills and no serialised wgmma in every epilogue variant, with
+# triton 3.6 and 3.9 (`fastdeit bench --compile-report`). EPILOGUE_SPLIT runs the epilogue on one column half of the
+# tile at a time: with it the 256x128 and 128x128 tiles stop spilling under GELU or an fp32 residual. Left out, with
+# what the report showed: 128x256 w8 (wgmma serialised by ptxas, C7515, with an fp32 residual on 3.6, split or not),
+# 128x128x32 w4 (spilled; 128x128x64 covers it), 64x32 w2 (two warps cannot issue wgmma: mma.sync).
 if is_interpreter():
-    _MATMUL_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
+    _MATMUL_CONFIGS = [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "EPILOGUE_SPLIT": True})
+    ]
 else:
     _MATMUL_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
-        for bm, bn, bk, w, st in (
-            (128, 256, 64, 8, 3),
-            (256, 128, 64, 8, 3),
-            (128, 128, 64, 8, 4),
-            (128, 128, 64, 4, 4),
-            (128, 64, 64, 4, 4),
-            (64, 128, 64, 4, 4),
-            (128, 128, 32, 4, 4),
-            (64, 64, 64, 4, 5),
-            (128, 32, 64, 4, 4),
-            (64, 32, 32, 2, 5),
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPILOGUE_SPLIT": split},
+            num_warps=w,
+            num_stages=st,
+        )
+        for bm, bn, bk, split, w, st in (
+            (256, 128, 64, True, 8, 3),
+            (128, 128, 64, True, 8, 4),
+            (128, 128, 64, True, 4, 4),
+            (128, 64, 64, False, 4, 4),
+            (64, 128, 64, False, 4, 4),
+            (64, 64, 64, False, 4, 5),
+            (128, 32, 64, False, 4, 4),
         )
     ]
 
@@ -96,11 +105,12 @@ def _linear_kernel(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PRE: tl.constexpr,
-    IEEE_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EPILOGUE_SPLIT: tl.constexpr,
 ):
     # Grouped order: GROUP_M row-tiles share each column-tile of weight while it is still in L2.
     pid = tl.program_id(0)
@@ -126,17 +136,53 @@ def _linear_kernel(
         k_left = K - k * BLOCK_K
         x_tile = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
         weight_t_tile = tl.load(weight_t_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        if IEEE_FP32:
-            acc = tl.dot(x_tile, weight_t_tile, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x_tile, weight_t_tile, acc)
+        acc = tl.dot(x_tile, weight_t_tile, acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_k
         weight_t_ptrs += BLOCK_K * stride_weight_k
 
+    if EPILOGUE_SPLIT:
+        # One column half at a time: half the live registers of a whole-tile epilogue.
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        offs_half = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue(
+            left, offs_m, offs_half, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m, stride_out_m,
+            stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+        _epilogue(
+            right, offs_m, offs_half + BLOCK_N // 2, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m,
+            stride_out_m, stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+    else:
+        _epilogue(
+            acc, offs_m, offs_n, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m, stride_out_m,
+            stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+
+
+@triton.jit
+def _epilogue(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    bias_ptr,
+    residual_ptr,
+    out_ptr,
+    pre_ptr,
+    stride_residual_m,
+    stride_out_m,
+    stride_pre_m,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PRE: tl.constexpr,
+):
+    """pre = acc + bias, out = act(pre) + residual for the output tile at rows offs_m, columns offs_n."""
     out_m = offs_m.to(tl.int64)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + load_n).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if SAVE_PRE:
         tl.store(pre_ptr + out_m[:, None] * stride_pre_m + offs_n[None, :], acc.to(pre_ptr.dtype.element_ty), mask=mask)
     if ACTIVATION == "gelu":
@@ -269,7 +315,7 @@ def launch_linear_fwd(
         ACTIVATION=activation or "none",
         HAS_RESIDUAL=residual is not None,
         SAVE_PRE=pre is not None,
-        IEEE_FP32=x.dtype == torch.float32,
+        DOT_PRECISION=dot_precision(x.dtype),
     )
 
 
