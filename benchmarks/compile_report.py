@@ -333,13 +333,15 @@ def _attention_launches(mode: Mode, shape: Shape) -> Iterator[str]:
 
 def _linear_launches(mode: Mode, shape: Shape) -> Iterator[str]:
     """qkv, proj, fc1 (+GELU, with and without the pre-activation saved for training) and fc2 (+residual): the
-    fused Triton matmul, and the epilogue kernel that follows cuBLAS; then fc1's GELU backward."""
+    fused Triton matmul where the linear policy may pick it for this dtype, and the epilogue kernel that follows
+    cuBLAS; then fc1's GELU backward."""
     from fastdeit.kernels.linear import launch_gelu_bwd, launch_linear_epilogue, launch_linear_fwd
+    from fastdeit.kernels.linear_policy import allowed_paths, dtype_name
 
     M, C = shape.rows, shape.width
     dt = mode.compute
     out_fc2 = torch.promote_types(dt, mode.stream)
-    if dt != torch.float32:
+    if "triton" in allowed_paths(dtype_name(dt)):
         for kind, K, N, activation, residual, pre in (
             ("qkv", C, 3 * C, None, False, False),
             ("proj", C, C, None, False, False),
@@ -568,6 +570,41 @@ def build_case(task: tuple) -> dict:
     except Exception as e:  # a compile error is a result (the row says which), not a crash of the report
         return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
     return facts(compiled, log, _worker.cuobjdump)
+
+
+def _init_warm_worker() -> None:
+    """A build process that fills Triton's own on-disk cache, where the JIT finds the same builds later."""
+    global _worker
+    os.environ.pop("TRITON_INTERPRET", None)
+    _worker = TritonAdapter()
+
+
+def _warm(task: tuple) -> str | None:
+    """Build one case into Triton's cache (in a worker); the error, if any."""
+    module, kernel, args, kwargs, arch_name, _key = task
+    obj = getattr(importlib.import_module(module), kernel)
+    fn = obj.fn if isinstance(obj, _worker.Autotuner) else obj
+    try:
+        _worker.build(_worker.specialise(fn, args, kwargs, ARCHS[arch_name]))
+    except Exception as e:  # the JIT will meet (and report) the same error; the warm-up only saves time
+        return f"{kernel}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return None
+
+
+def warm_triton_cache(
+    arch_name: str, workloads: dict[str, Workload], modes: Sequence[Mode], shapes: Sequence[Shape], jobs: int
+) -> tuple[int, list[str]]:
+    """On a GPU machine, before timing: build every config of every launch the workloads make, `jobs` at a time,
+    into Triton's own cache, so the autotuner's first calls load them instead of compiling one after another.
+    Returns (builds, errors)."""
+    adapter = TritonAdapter()
+    arch = ARCHS[arch_name]
+    cases = collect_cases(adapter, arch, record_workloads(adapter, workloads, KERNEL_MODULES, modes, shapes))
+    tasks = {case.key: case.task for case in cases}
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_warm_worker) as pool:
+        errors = [e for e in pool.map(_warm, tasks.values()) if e]
+    return len(tasks), errors
 
 
 # ----------------------------------------------------------------------------------------------------------------------

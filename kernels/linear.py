@@ -9,11 +9,13 @@ Backward, with dout the grad of out:
     dx        = dz @ weight,   dweight = dz.T @ x,   dbias = sum over rows of dz,   dresidual = dout
 The backward matmuls run on torch (cuBLAS); dz is a small Triton elementwise kernel.
 
-Two forward paths, picked per shape by `_use_triton_matmul`:
+Two forward paths, picked per call by the linear policy (`linear_policy.py`: one table keyed by the layer's kind,
+dtype and size; on the CPU always the first):
   * a Triton matmul (tiles, `tl.dot`, fp32 accumulator, grouped program order for L2 reuse) with
     bias, GELU and residual applied to the accumulator before the single store;
-  * cuBLAS `addmm` (bias fused there) followed by a Triton elementwise kernel for GELU and the residual.
-fp32 inputs: `tl.dot` follows torch's fp32 matmul precision (`dot_precision`: IEEE by default, tf32 when allowed).
+  * cuBLAS `addmm` (the bias in cuBLASLt's epilogue) followed, for a GELU or a residual, by a Triton elementwise
+    kernel. fp32 always takes this path on a GPU (torch's fp32 matmul precision, as F.linear).
+fp32 inputs of the Triton matmul (the interpreter): `tl.dot` follows torch's fp32 matmul precision (`dot_precision`).
 
 Dtypes: x, weight and bias share the compute dtype, which pre has too. The residual may have another float dtype
 (the fp32 residual stream under autocast); it is added in fp32 and out has torch.promote_types(x, residual), exactly
@@ -30,6 +32,7 @@ import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
 from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, dot_precision, is_interpreter
+from .linear_policy import OP_KINDS, path_for
 
 _OP = "linear"
 ACTIVATIONS = (None, "gelu")
@@ -402,15 +405,6 @@ def linear_ref(
     return out if residual is None else out + residual
 
 
-def _use_triton_matmul(M: int, N: int, K: int, dtype: torch.dtype) -> bool:
-    """Forward path policy: True for the fused Triton matmul, False for cuBLAS addmm + the Triton epilogue kernel.
-
-    Not yet measured on a GPU: always the Triton matmul for now. A GPU session should time both paths on the DeiT
-    shapes (qkv, proj, fc1 with GELU, fc2 with residual; M = batch * tokens) and return False where cuBLAS wins.
-    """
-    return True
-
-
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """`t` (..., width) as (rows, width) with unit stride along width; copies only when it must."""
     rows = t.reshape(-1, width)
@@ -425,6 +419,7 @@ def _linear_fwd_op(
     residual: torch.Tensor | None,
     activation: str | None,
     save_pre: bool,
+    kind: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, pre): out (..., N); pre (..., N) = x @ weight.T + bias when save_pre and activation == "gelu", else empty.
 
@@ -447,7 +442,7 @@ def _linear_fwd_op(
     keep_pre = save_pre and activation == "gelu"
     pre = torch.empty(out_shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
     out_rows = out.view(M, N)
-    if _use_triton_matmul(M, N, K, x.dtype):
+    if path_for(kind, x.dtype, M, x.device) == "triton":
         launch_linear_fwd(
             x_rows, weight, bias, residual_rows, activation, out_rows, pre.view(M, N) if keep_pre else None
         )
@@ -474,6 +469,7 @@ def _(
     residual: torch.Tensor | None,
     activation: str | None,
     save_pre: bool,
+    kind: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape = (*x.shape[:-1], weight.shape[0])
     pre = x.new_empty(out_shape) if save_pre and activation == "gelu" else x.new_empty(0)
@@ -498,7 +494,7 @@ def _(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
 
 
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    x, weight, bias, residual, activation, _save_pre = inputs
+    x, weight, bias, residual, activation, _save_pre, _kind = inputs
     _out, pre = output
     ctx.save_for_backward(x, weight, pre)
     ctx.activation = activation
@@ -527,7 +523,7 @@ def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor |
         if needs_bias:
             dbias = dz_rows.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
     dresidual = dout.to(ctx.residual_dtype) if needs_residual and dout is not None else None
-    return dx, dweight, dbias, dresidual, None, None
+    return dx, dweight, dbias, dresidual, None, None, None
 
 
 _linear_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -539,8 +535,10 @@ def linear(
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     residual: torch.Tensor | None = None,
+    kind: str | None = None,
 ) -> torch.Tensor:
-    """out = act(x @ weight.T + bias) + residual, in one kernel where `_use_triton_matmul` says so.
+    """out = act(x @ weight.T + bias) + residual: one fused Triton kernel, or cuBLAS and an epilogue kernel, as the
+    linear policy (`fastdeit.kernels.linear_policy`) says for this kind of layer, dtype and size.
 
     Args:
         x: (..., K), fp32, fp16 or bf16; any strides. Its dtype is the compute dtype.
@@ -549,12 +547,18 @@ def linear(
         activation: None or "gelu" (exact erf GELU, as nn.GELU()).
         residual: (..., N) in any of x's supported dtypes (e.g. the fp32 residual stream with bf16 x), or None;
             added in fp32 after the activation.
+        kind: which DeiT layer this is, for the policy: "qkv", "proj", "fc1" or "fc2". Default: "fc1" with a GELU,
+            "fc2" with a residual, else "qkv".
 
     Returns:
         out (..., N), accumulated in fp32, in x's dtype, or with a residual in torch.promote_types(x.dtype,
         residual.dtype) as `F.linear(x, weight, bias) + residual` would be. Differentiable in x, weight, bias and
         residual, each grad in its input's dtype.
     """
+    if kind is None:
+        kind = "fc1" if activation == "gelu" else "fc2" if residual is not None else "qkv"
+    elif kind not in OP_KINDS:
+        raise ValueError(f"{_OP}: kind must be None or one of {OP_KINDS}, got {kind!r}")
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad)
+    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad, kind)
     return out

@@ -50,7 +50,7 @@ class Attention(nn.Module):
         # The fused kernel has no dropout on the attention matrix (DeiT trains without it): fall back then.
         triton = use_triton(self.backend, x) and attn_dropout == 0.0
         if triton:
-            qkv = fused_linear(self.qkv, x, self.backend)  # under autocast: q, k, v in the autocast dtype
+            qkv = fused_linear(self.qkv, x, self.backend, kind="qkv")  # under autocast: q, k, v in the autocast dtype
             out = ops().attention_qkv(qkv, self.num_heads, scale=self.scale)
         else:
             qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
@@ -59,6 +59,6 @@ class Attention(nn.Module):
             out = out.transpose(1, 2).reshape(B, N, C)
         backend = self.backend if triton else "torch"
         if self.proj_drop.p > 0.0 and self.training:
-            out = self.proj_drop(fused_linear(self.proj, out, backend))
+            out = self.proj_drop(fused_linear(self.proj, out, backend, kind="proj"))
             return out if residual is None else out + residual
-        return fused_linear(self.proj, out, backend, residual=residual)
+        return fused_linear(self.proj, out, backend, kind="proj", residual=residual)

@@ -14,10 +14,12 @@ def fused_linear(
     x: torch.Tensor,
     backend: str,
     *,
+    kind: str,
     activation: str | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`act(layer(x)) + residual` with `layer`'s parameters; one fused op on the Triton backend.
+    """`act(layer(x)) + residual` with `layer`'s parameters; the fused op on the Triton backend, where `kind` ("qkv",
+    "proj", "fc1", "fc2") picks the linear policy's path.
 
     Shapes: x (..., in_features), residual (..., out_features) -> (..., out_features). Under autocast both backends
     give the dtypes of torch's autocast: the linear in the autocast dtype, the add promoted to the residual's dtype.
@@ -30,7 +32,7 @@ def fused_linear(
             # fused add promotes, as `F.linear(...) + residual` does, so an fp32 residual stream stays fp32.
             x, weight = x.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        return ops().linear(x, weight, bias, activation=activation, residual=residual)
+        return ops().linear(x, weight, bias, activation=activation, residual=residual, kind=kind)
     y = F.linear(x, layer.weight, layer.bias)
     if activation == "gelu":
         y = F.gelu(y)

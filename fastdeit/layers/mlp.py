@@ -42,8 +42,8 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.drop1(fused_linear(self.fc1, x, self.backend, activation="gelu"))
+        h = self.drop1(fused_linear(self.fc1, x, self.backend, kind="fc1", activation="gelu"))
         if self.drop2.p > 0.0 and self.training:
-            out = self.drop2(fused_linear(self.fc2, h, self.backend))
+            out = self.drop2(fused_linear(self.fc2, h, self.backend, kind="fc2"))
             return out if residual is None else out + residual
-        return fused_linear(self.fc2, h, self.backend, residual=residual)
+        return fused_linear(self.fc2, h, self.backend, kind="fc2", residual=residual)
