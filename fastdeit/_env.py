@@ -20,6 +20,11 @@ def has_cuda_gpu() -> bool:
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
+def triton_interpreter() -> bool:
+    """Whether Triton runs kernels on the CPU through its interpreter (`TRITON_INTERPRET` set, and not to 0)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpret_triton_without_gpu() -> None:
     """Without a GPU, run Triton kernels on the CPU through the interpreter (`TRITON_INTERPRET=1`).
 

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Sequence
 
 import torch
 import triton
+
+from fastdeit._env import triton_interpreter
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Keep tuned configs in Triton's on-disk cache, so a new process does not re-run the tuning sweeps
 # (`cache_results` exists in the triton versions we support; checked so an older one still imports).
 AUTOTUNE_KWARGS = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
-
-
-def is_interpreter() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (`TRITON_INTERPRET=1`)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -40,7 +36,7 @@ def triton_dots_fit(dtype: torch.dtype, device: torch.device) -> bool:
 
 def can_run(t: torch.Tensor) -> bool:
     """Whether a Triton kernel can run on `t`'s device: CUDA, or the CPU under the interpreter."""
-    return t.is_cuda or (t.device.type == "cpu" and is_interpreter())
+    return t.is_cuda or (t.device.type == "cpu" and triton_interpreter())
 
 
 def check_tensor(

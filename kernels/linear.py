@@ -31,7 +31,9 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, dot_precision, is_interpreter
+from fastdeit._env import triton_interpreter
+
+from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, dot_precision
 from .linear_policy import OP_KINDS, path_for
 
 _OP = "linear"
@@ -45,7 +47,7 @@ ACTIVATIONS = (None, "gelu")
 # tile at a time: with it the 256x128 and 128x128 tiles stop spilling under GELU or an fp32 residual. Left out, with
 # what the report showed: 128x256 w8 (wgmma serialised by ptxas, C7515, with an fp32 residual on 3.6, split or not),
 # 128x128x32 w4 (spilled; 128x128x64 covers it), 64x32 w2 (two warps cannot issue wgmma: mma.sync).
-if is_interpreter():
+if triton_interpreter():
     _MATMUL_CONFIGS = [
         triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "EPILOGUE_SPLIT": True})
     ]
@@ -72,6 +74,9 @@ _EW_BLOCK_M = 16
 _EW_BLOCK_N = 128
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _gelu(z):
     return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))  # 1 / sqrt(2)
@@ -245,6 +250,9 @@ def _gelu_bwd_kernel(
     tl.store(dz_ptr + offs_m[:, None] * stride_dz_m + offs_n[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers (no autograd): each public launcher checks its arguments once, then calls its `_launch_*`
+# ----------------------------------------------------------------------------------------------------------------------
 def _check_activation(activation: object) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"{_OP}: activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -273,6 +281,19 @@ def _check_inputs(
     return M, N, K
 
 
+def _m_bucket(M: int) -> int:
+    """The row count's tuning bucket: powers of 4 from 1024 to 65536 rows.
+
+    M = batch * tokens changes with every batch size; keying the autotuner on M itself would re-tune each
+    time, and ignoring it would keep the tiles picked for the first (maybe tiny) batch. Five buckets cover
+    batch 1 to 512+ of DeiT (197 tokens: M = 197 ... 100k) with at most five tuning runs per weight shape.
+    """
+    bucket = 1024
+    while bucket < M and bucket < 65536:
+        bucket *= 4
+    return bucket
+
+
 def launch_linear_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -288,11 +309,24 @@ def launch_linear_fwd(
     stride along N; residual and pre may be None. All on x's device; weight, bias and pre in x's dtype, residual in
     any supported dtype, out in promote_types(x.dtype, residual.dtype) (x's dtype without a residual).
     """
-    M, N, K = _check_inputs(x, weight, bias, residual)
-    out = check_matrix(_OP, "out", out, (M, N), x, dtype=_out_dtype(x.dtype, residual))
+    M, N, _ = _check_inputs(x, weight, bias, residual)
+    check_matrix(_OP, "out", out, (M, N), x, dtype=_out_dtype(x.dtype, residual))
     if pre is not None:
-        pre = check_matrix(_OP, "pre", pre, (M, N), x, dtype=x.dtype)
+        check_matrix(_OP, "pre", pre, (M, N), x, dtype=x.dtype)
     _check_activation(activation)
+    _launch_linear_fwd(x, weight, bias, residual, activation, out, pre)
+
+
+def _launch_linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    out: torch.Tensor,
+    pre: torch.Tensor | None,
+) -> None:
+    (M, K), N = x.shape, weight.shape[0]
     if M == 0 or N == 0:
         return
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -322,19 +356,6 @@ def launch_linear_fwd(
     )
 
 
-def _m_bucket(M: int) -> int:
-    """The row count's tuning bucket: powers of 4 from 1024 to 65536 rows.
-
-    M = batch * tokens changes with every batch size; keying the autotuner on M itself would re-tune each
-    time, and ignoring it would keep the tiles picked for the first (maybe tiny) batch. Five buckets cover
-    batch 1 to 512+ of DeiT (197 tokens: M = 197 ... 100k) with at most five tuning runs per weight shape.
-    """
-    bucket = 1024
-    while bucket < M and bucket < 65536:
-        bucket *= 4
-    return bucket
-
-
 def launch_linear_epilogue(
     pre: torch.Tensor, residual: torch.Tensor | None, activation: str | None, out: torch.Tensor
 ) -> None:
@@ -342,11 +363,18 @@ def launch_linear_epilogue(
     any supported dtype, out in promote_types(pre.dtype, residual.dtype) (pre's dtype without a residual)."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
+    check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
     if residual is not None:
-        residual = check_matrix(_OP, "residual", residual, (M, N), pre, "pre")
-    out = check_matrix(_OP, "out", out, (M, N), pre, "pre", dtype=_out_dtype(pre.dtype, residual))
+        check_matrix(_OP, "residual", residual, (M, N), pre, "pre")
+    check_matrix(_OP, "out", out, (M, N), pre, "pre", dtype=_out_dtype(pre.dtype, residual))
     _check_activation(activation)
+    _launch_linear_epilogue(pre, residual, activation, out)
+
+
+def _launch_linear_epilogue(
+    pre: torch.Tensor, residual: torch.Tensor | None, activation: str | None, out: torch.Tensor
+) -> None:
+    M, N = pre.shape
     if M == 0 or N == 0:
         return
     _linear_epilogue_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -370,9 +398,14 @@ def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> 
     compute dtype), dout in any supported dtype (out's, which a residual in another dtype may have promoted)."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    dout = check_matrix(_OP, "dout", dout, (M, N), pre, "pre")
-    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
-    dz = check_matrix(_OP, "dz", dz, (M, N), pre, "pre", dtype=pre.dtype)
+    check_matrix(_OP, "dout", dout, (M, N), pre, "pre")
+    check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
+    check_matrix(_OP, "dz", dz, (M, N), pre, "pre", dtype=pre.dtype)
+    _launch_gelu_bwd(dout, pre, dz)
+
+
+def _launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> None:
+    M, N = pre.shape
     if M == 0 or N == 0:
         return
     _gelu_bwd_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -389,6 +422,9 @@ def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> 
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------------------------------
 def linear_ref(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -405,10 +441,32 @@ def linear_ref(
     return out if residual is None else out + residual
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Custom ops: each checks its inputs once, then calls the `_launch_*` functions
+# ----------------------------------------------------------------------------------------------------------------------
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """`t` (..., width) as (rows, width) with unit stride along width; copies only when it must."""
     rows = t.reshape(-1, width)
     return rows if rows.stride(1) == 1 else rows.contiguous()
+
+
+def _check_op_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, activation: object
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check the op's x (..., K), weight, bias, residual (..., N) and activation; returns x and the residual as rows."""
+    if check_tensor(_OP, "x", x).dim() == 0:
+        raise ValueError(f"{_OP}: x must have at least one dim (..., K), got a 0-D tensor")
+    N, K = check_tensor(_OP, "weight", weight, ndim=2).shape
+    if x.shape[-1] != K:
+        raise ValueError(f"{_OP}: x's last dim must equal weight.shape[1] = {K}, got x of shape {tuple(x.shape)}")
+    out_shape = (*x.shape[:-1], N)
+    if residual is not None and tuple(check_tensor(_OP, "residual", residual).shape) != out_shape:
+        raise ValueError(f"{_OP}: residual must have shape {out_shape}, got {tuple(residual.shape)}")
+    _check_activation(activation)
+    x_rows = x.reshape(-1, K)
+    residual_rows = None if residual is None else _rows(residual, N)
+    _check_inputs(x_rows, weight, bias, residual_rows)
+    return x_rows, residual_rows
 
 
 @torch.library.custom_op("fastdeit::linear_fwd", mutates_args=())
@@ -426,41 +484,49 @@ def _linear_fwd_op(
     pre is what the GELU backward needs; saving it (one extra write in the forward) is chosen over recomputing
     it in the backward, which would cost a full extra matmul. It matches what eager nn.Linear + nn.GELU keep.
     """
-    if check_tensor(_OP, "x", x).dim() == 0:
-        raise ValueError(f"{_OP}: x must have at least one dim (..., K), got a 0-D tensor")
-    N, K = check_tensor(_OP, "weight", weight, ndim=2).shape
-    if x.shape[-1] != K:
-        raise ValueError(f"{_OP}: x's last dim must equal weight.shape[1] = {K}, got x of shape {tuple(x.shape)}")
-    out_shape = (*x.shape[:-1], N)
-    if residual is not None and tuple(check_tensor(_OP, "residual", residual).shape) != out_shape:
-        raise ValueError(f"{_OP}: residual must have shape {out_shape}, got {tuple(residual.shape)}")
-    _check_activation(activation)
-    x_rows = x.reshape(-1, K)
-    M = x_rows.shape[0]
-    residual_rows = None if residual is None else _rows(residual, N)
-    out = torch.empty(out_shape, dtype=_out_dtype(x.dtype, residual), device=x.device)
+    x_rows, residual_rows = _check_op_inputs(x, weight, bias, residual, activation)
+    (M, _), N = x_rows.shape, weight.shape[0]
+    out = torch.empty((*x.shape[:-1], N), dtype=_out_dtype(x.dtype, residual), device=x.device)
     keep_pre = save_pre and activation == "gelu"
-    pre = torch.empty(out_shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
-    out_rows = out.view(M, N)
+    pre = torch.empty(out.shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
+    out_rows, pre_rows = out.view(M, N), pre.view(M, N) if keep_pre else None
     if path_for(kind, x.dtype, M, x.device) == "triton":
-        launch_linear_fwd(
-            x_rows, weight, bias, residual_rows, activation, out_rows, pre.view(M, N) if keep_pre else None
-        )
+        _launch_linear_fwd(x_rows, weight, bias, residual_rows, activation, out_rows, pre_rows)
         return out, pre
-    _check_inputs(x_rows, weight, bias, residual_rows)
     if activation is None and residual is None:
-        pre_rows = out_rows
-    else:
-        pre_rows = pre.view(M, N) if keep_pre else torch.empty(M, N, dtype=x.dtype, device=x.device)
+        pre_rows = out_rows  # cuBLAS writes the result itself
+    elif pre_rows is None:
+        pre_rows = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if bias is None:
         torch.mm(x_rows, weight.t(), out=pre_rows)
     else:
         torch.addmm(bias, x_rows, weight.t(), out=pre_rows)
     if pre_rows is not out_rows:
-        launch_linear_epilogue(pre_rows, residual_rows, activation, out_rows)
+        _launch_linear_epilogue(pre_rows, residual_rows, activation, out_rows)
     return out, pre
 
 
+def _check_gelu_bwd_inputs(dout: torch.Tensor, pre: torch.Tensor) -> None:
+    check_tensor(_OP, "dout", dout)
+    if dout.shape != check_tensor(_OP, "pre", pre).shape:
+        raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
+    if dout.device != pre.device:
+        raise ValueError(f"{_OP}: dout is on {dout.device} but pre is on {pre.device}")
+
+
+@torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
+def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """dz (..., N) = dout * GELU'(pre) in pre's dtype; dout, pre: (..., N)."""
+    _check_gelu_bwd_inputs(dout, pre)
+    N = dout.shape[-1]
+    dz = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    _launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
+    return dz
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fake (shape-only) implementations, for torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
 @_linear_fwd_op.register_fake
 def _(
     x: torch.Tensor,
@@ -476,23 +542,14 @@ def _(
     return x.new_empty(out_shape, dtype=_out_dtype(x.dtype, residual)), pre
 
 
-@torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
-def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    """dz (..., N) = dout * GELU'(pre) in pre's dtype; dout, pre: (..., N)."""
-    check_tensor(_OP, "dout", dout)
-    if dout.shape != check_tensor(_OP, "pre", pre).shape:
-        raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
-    N = dout.shape[-1]
-    dz = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
-    launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
-    return dz
-
-
 @_gelu_bwd_op.register_fake
 def _(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(pre, memory_format=torch.contiguous_format)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------------------
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, weight, bias, residual, activation, _save_pre, _kind = inputs
     _out, pre = output
@@ -529,6 +586,9 @@ def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor |
 _linear_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------------------------
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
