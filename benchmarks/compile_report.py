@@ -59,6 +59,8 @@ from pathlib import Path
 
 import torch
 
+from fastdeit._env import triton_interpreter
+
 KERNEL_MODULES = ("fastdeit.kernels.layer_norm", "fastdeit.kernels.attention", "fastdeit.kernels.linear")
 MODEL_WIDTHS = {192: "Ti", 384: "S", 768: "B"}
 TOKENS = (197, 198, 577, 578)
@@ -756,13 +758,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, help="build cache (default $FASTDEIT_CACHE/compile_report)")
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the report for parsed `add_arguments` options (also `fastdeit bench --compile-report`)."""
-    if _interpreting():
+    if triton_interpreter():
         # The kernels must be real JIT functions with their GPU configs; under TRITON_INTERPRET=1 triton makes them
         # interpreted functions with the interpreter's configs, so the report runs in a fresh process without it.
         argv = ["--arch", args.arch, "--batch-size", str(args.batch_size)]

@@ -1,4 +1,5 @@
-"""Shared launcher checks for the Triton ops: clear errors naming the argument, what was expected, what was given."""
+"""What the Triton ops share: argument checks with clear errors (naming the argument, what was expected, what was
+given), and the one fp32 rule for `tl.dot` (`dot_precision`, `triton_dots_fit`)."""
 
 from __future__ import annotations
 
