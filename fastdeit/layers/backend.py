@@ -85,15 +85,17 @@ class TorchOps:
     @staticmethod
     def layer_norm(
         x: torch.Tensor,
-        weight: torch.Tensor,
+        weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         eps: float,
         residual: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # The normalized shape from the parameter where there is one: a traced (ONNX) graph keeps it a constant.
+        shape = x.shape[-1:] if weight is None else weight.shape
         if residual is None:
-            return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+            return F.layer_norm(x, shape, weight, bias, eps)
         s = x + residual
-        return F.layer_norm(s, (s.shape[-1],), weight, bias, eps), s
+        return F.layer_norm(s, shape, weight, bias, eps), s
 
     @staticmethod
     def linear(
@@ -125,7 +127,7 @@ class FusedOps:
     @staticmethod
     def layer_norm(
         x: torch.Tensor,
-        weight: torch.Tensor,
+        weight: torch.Tensor | None,
         bias: torch.Tensor | None,
         eps: float,
         residual: torch.Tensor | None = None,
