@@ -14,8 +14,10 @@ Ops, at DeiT shapes (rows M = batch x tokens, width C, H heads of 64):
     linear_fc1_gelu       GELU(x (M, C) @ W^T (4C, C) + b)
     linear_fc2_residual   x (M, 4C) @ W^T (C, 4C) + b + r
 
-Providers: fastdeit (`fastdeit.ops`), torch (the eager code fastdeit's torch backend and timm run: F.layer_norm,
-F.linear, F.gelu, adds; for `attention` timm's non-fused matmul-softmax-matmul), torch-compile (that torch code
+Providers: fastdeit (`fastdeit.ops`; each linear on the path the linear policy gives its kind, so qkv on cuBLAS by
+default: see `fastdeit.kernels.linear_policy`, and `python -m fastdeit.benchmarks.linear_policy` for both paths),
+torch (the eager code fastdeit's torch backend and timm run: F.layer_norm, F.linear, F.gelu, adds; for `attention`
+timm's non-fused matmul-softmax-matmul), torch-compile (that torch code
 under torch.compile), sdpa-flash / sdpa-efficient / sdpa-cudnn (F.scaled_dot_product_attention pinned to one backend
 with torch.nn.attention.sdpa_kernel), xformers (memory_efficient_attention, its native (B, N, H, D) layout), apex
 (FusedLayerNorm). A provider that is not installed, not built for the dtype or device, or rejects the shape is
@@ -237,9 +239,9 @@ def _op_function(op: str, provider: str, shape: Shape, device: torch.device) -> 
             "layer_norm_residual": lambda x, w, b, r: ops.layer_norm(x, w, b, eps=EPS, residual=r),
             "attention": ops.attention,
             "attention_qkv": partial(ops.attention_qkv, num_heads=shape.heads),
-            "linear_qkv": ops.linear,
-            "linear_fc1_gelu": partial(ops.linear, activation="gelu"),
-            "linear_fc2_residual": lambda x, w, b, r: ops.linear(x, w, b, residual=r),
+            "linear_qkv": partial(ops.linear, kind="qkv"),
+            "linear_fc1_gelu": partial(ops.linear, activation="gelu", kind="fc1"),
+            "linear_fc2_residual": lambda x, w, b, r: ops.linear(x, w, b, residual=r, kind="fc2"),
         }[op]
     if provider == "apex":
         from apex.normalization.fused_layer_norm import fused_layer_norm_affine

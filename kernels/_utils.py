@@ -1,13 +1,15 @@
-"""Shared launcher checks for the Triton ops: clear errors naming the argument, what was expected, what was given."""
+"""What the Triton ops share: argument checks with clear errors (naming the argument, what was expected, what was
+given), and the one fp32 rule for `tl.dot` (`dot_precision`, `triton_dots_fit`)."""
 
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Sequence
 
 import torch
 import triton
+
+from fastdeit._env import triton_interpreter
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -16,14 +18,26 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 AUTOTUNE_KWARGS = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
 
-def is_interpreter() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (`TRITON_INTERPRET=1`)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def dot_precision(dtype: torch.dtype) -> str:
+    """The input precision of a `tl.dot` on `dtype` operands: fastdeit's one fp32 rule, that of torch's own fp32
+    matmuls (IEEE under `torch.get_float32_matmul_precision() == "highest"`, torch's default; tf32 otherwise).
+    16-bit operands ignore it."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def triton_dots_fit(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a Triton kernel with `tl.dot` should run on `dtype` operands on `device`: everywhere except IEEE fp32
+    on a GPU. That dot has no tensor-core instruction, and Triton's FMA fallback spills at every attention tile tried
+    (148 B to 86 KB of local memory per thread on sm_90, `fastdeit bench --compile-report`), so torch's kernels
+    (cuBLAS, SDPA) run those inputs. Under the interpreter tl.dot is exact fp32 (numpy)."""
+    return not (device.type == "cuda" and dtype == torch.float32 and dot_precision(dtype) == "ieee")
 
 
 def can_run(t: torch.Tensor) -> bool:
     """Whether a Triton kernel can run on `t`'s device: CUDA, or the CPU under the interpreter."""
-    return t.is_cuda or (t.device.type == "cpu" and is_interpreter())
+    return t.is_cuda or (t.device.type == "cpu" and triton_interpreter())
 
 
 def check_tensor(

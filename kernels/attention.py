@@ -32,55 +32,78 @@ backward), so any N >= 1 works on unpadded inputs. Tensors are addressed through
 be views, e.g. of timm's packed qkv projection output, which `attention_qkv` reads in place.
 
 fp32 inputs: `tl.dot` follows torch's matmul setting, ieee for `torch.get_float32_matmul_precision() == "highest"`
-(the default) and tf32 otherwise, the same choice torch makes for its own fp32 matmuls. fp16/bf16 inputs: the dots
-take that dtype (P and dS are rounded to it before their dots, as in flash attention) and accumulate in fp32.
+(the default) and tf32 otherwise, the same choice torch makes for its own fp32 matmuls (`dot_precision`). On a GPU,
+ieee fp32 runs torch's SDPA instead: that tl.dot has no tensor-core form and Triton's fallback spills
+(`triton_dots_fit`). fp16/bf16 inputs: the dots take that dtype (P and dS are rounded to it before their dots, as in
+flash attention) and accumulate in fp32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._utils import AUTOTUNE_KWARGS, check_same, check_tensor, is_interpreter
+from fastdeit._env import triton_interpreter
+
+from ._utils import AUTOTUNE_KWARGS, check_same, check_tensor, dot_precision, triton_dots_fit
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = math.log2(math.e)
 
 
-def _configs(interpreted: list[dict], gpu: list[tuple[dict, int, int]]) -> list[triton.Config]:
-    """One small config under the interpreter (small tiles still exercise multi-block paths), else Hopper configs."""
-    if is_interpreter():
-        return [triton.Config(kw, num_warps=4, num_stages=1) for kw in interpreted]
-    return [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in gpu]
+def _configs(
+    interpreted: list[dict], gpu: list[tuple[dict, int, int, bool]]
+) -> tuple[list[triton.Config], list[triton.Config]]:
+    """(every config, those for tf32 dots): one small config under the interpreter (small tiles still exercise
+    multi-block paths), else Hopper configs, each with whether it is also built for tf32."""
+    if triton_interpreter():
+        configs = [triton.Config(kw, num_warps=4, num_stages=1) for kw in interpreted]
+        return configs, configs
+    configs = [(triton.Config(kw, num_warps=w, num_stages=s), tf32) for kw, w, s, tf32 in gpu]
+    return [c for c, _ in configs], [c for c, tf32 in configs if tf32]
+
+
+def _by_dot_precision(tf32_configs: list[triton.Config]) -> dict[str, Callable[..., list[triton.Config]]]:
+    """The autotuner's pruning: fp32 operands with tf32 dots try only `tf32_configs`."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+        return tf32_configs if kwargs["DOT_PRECISION"] == "tf32" else configs
+
+    return {"early_config_prune": prune}
 
 
 # Autotuning is keyed on the sequence length and head dim (and, automatically, the dtypes), never on the batch size.
 # DeiT uses a handful of lengths (197/198/577/578), so the exact length is a fine key.
-_FWD_CONFIGS = _configs(
+# Every GPU config builds for sm_90 with wgmma, no spills and no serialised wgmma in bf16 and fp16, and those marked
+# so also for fp32 with tf32 dots (whose fp32 operands take twice the registers), on triton 3.6 and 3.9
+# (`fastdeit bench --compile-report`). fp32 with IEEE dots never runs these kernels on a GPU (`triton_dots_fit`).
+_FWD_CONFIGS, _FWD_TF32_CONFIGS = _configs(
     [{"BLOCK_M": 32, "BLOCK_N": 16}],
     [
-        ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3),
-        ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 4),
-        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3),
-        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 4),
-        ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3),
-        ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2),
+        ({"BLOCK_M": 128, "BLOCK_N": 64}, 4, 3, False),  # tf32: spills (4-160 bytes)
+        ({"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3, True),
+        ({"BLOCK_M": 128, "BLOCK_N": 128}, 8, 3, True),
+        ({"BLOCK_M": 128, "BLOCK_N": 32}, 4, 4, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 3, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 64}, 4, 4, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3, True),
+        ({"BLOCK_M": 64, "BLOCK_N": 128}, 8, 2, True),
     ],
 )
-_BWD_CONFIGS = _configs(
+_BWD_CONFIGS, _BWD_TF32_CONFIGS = _configs(
     [{"BLOCK_OWN": 32, "BLOCK_ITER": 16}],
     [
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 3),
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 2),
-        ({"BLOCK_OWN": 128, "BLOCK_ITER": 64}, 8, 2),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 3),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 2),
-        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 8, 2),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 3, True),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 32}, 8, 2, True),
+        ({"BLOCK_OWN": 128, "BLOCK_ITER": 64}, 8, 2, False),  # tf32: spills (20 bytes)
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 3, True),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 32}, 4, 2, True),
+        ({"BLOCK_OWN": 64, "BLOCK_ITER": 64}, 8, 2, True),
     ],
 )
 _PREPROCESS_BLOCK_M = 64
@@ -152,7 +175,12 @@ def _fwd_tile(
     return acc, m_new, l_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
+@triton.autotune(
+    configs=_FWD_CONFIGS,
+    key=["seq_len", "HEAD_DIM"],
+    prune_configs_by=_by_dot_precision(_FWD_TF32_CONFIGS),
+    **AUTOTUNE_KWARGS,
+)
 @triton.jit
 def _attn_fwd_kernel(
     q_ptr,
@@ -324,7 +352,12 @@ def _bwd_dq_tile(
     return dq
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["seq_len", "HEAD_DIM"], **AUTOTUNE_KWARGS)
+@triton.autotune(
+    configs=_BWD_CONFIGS,
+    key=["seq_len", "HEAD_DIM"],
+    prune_configs_by=_by_dot_precision(_BWD_TF32_CONFIGS),
+    **AUTOTUNE_KWARGS,
+)
 @triton.jit
 def _attn_bwd_kernel(
     q_ptr,
@@ -442,15 +475,8 @@ def _attn_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Host launchers (no autograd)
+# Launchers (no autograd): each public launcher checks its arguments once, then calls its `_launch_*`
 # ----------------------------------------------------------------------------------------------------------------------
-def _dot_precision(dtype: torch.dtype) -> str:
-    """tl.dot input precision: only matters for fp32 inputs, where it follows torch's fp32 matmul setting."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        return "tf32"
-    return "ieee"
-
-
 def _check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
     """Check q, k, v: same (B, H, N, D) shape, dtype and device, D in HEAD_DIMS; any strides. Returns (B, H, N, D)."""
     check_tensor(op, "q", q, ndim=4)
@@ -499,6 +525,35 @@ def _check_stats(op: str, name: str, t: torch.Tensor, shape: tuple[int, ...], li
         )
 
 
+def _check_packed(op: str, qkv: torch.Tensor, num_heads: int) -> tuple[int, int, int, int]:
+    """Check qkv (B, N, 3 * H * D) for `num_heads` heads, with D in HEAD_DIMS. Returns (B, H, N, D)."""
+    check_tensor(op, "qkv", qkv, ndim=3)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
+    width = qkv.shape[-1]
+    if width % (3 * num_heads) != 0:
+        raise ValueError(
+            f"{op}: qkv's last dim must be 3 * num_heads * D, divisible by 3 * num_heads = {3 * num_heads}, got {width}"
+        )
+    return _check_qkv(op, *_split_packed(qkv, num_heads))
+
+
+def _split_packed(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, 3 * H * D) -> q, k, v views (B, H, N, D), split exactly as timm's `qkv.reshape(B, N, 3, H, D)`."""
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    parts = qkv.unflatten(-1, (3, num_heads, head_dim)).permute(2, 0, 3, 1, 4)
+    return parts[0], parts[1], parts[2]
+
+
+def _heads_view(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H * D) -> (B, H, N, D) view."""
+    return t.unflatten(-1, (num_heads, t.shape[-1] // num_heads)).transpose(1, 2)
+
+
+def _default_scale(head_dim: int, scale: float | None) -> float:
+    return head_dim**-0.5 if scale is None else float(scale)
+
+
 def attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -511,7 +566,7 @@ def attention_fwd(
     `out` if given, which may be any strided view) and lse (B, H, N) fp32 contiguous: logsumexp of each row of scaled
     scores, in base 2 (L * log2(e))."""
     op = "attention_fwd"
-    batch, heads, seq_len, head_dim = _check_qkv(op, q, k, v)
+    batch, heads, seq_len, _ = _check_qkv(op, q, k, v)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     else:
@@ -520,6 +575,14 @@ def attention_fwd(
         lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
     else:
         _check_stats(op, "lse", lse, (batch, heads, seq_len), q)
+    _launch_attention_fwd(q, k, v, scale, out, lse)
+    return out, lse
+
+
+def _launch_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor, lse: torch.Tensor
+) -> None:
+    batch, heads, seq_len, head_dim = q.shape
 
     def grid(meta: dict) -> tuple[int]:
         return (triton.cdiv(seq_len, meta["BLOCK_M"]) * batch * heads,)
@@ -538,9 +601,8 @@ def attention_fwd(
         seq_len,
         scale * LOG2E,
         HEAD_DIM=head_dim,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
     )
-    return out, lse
 
 
 def attention_bwd(
@@ -558,7 +620,7 @@ def attention_bwd(
     """Launch the backward. d_out, q, k, v, out: (B, H, N, D), any strides; lse: (B, H, N) fp32 from the forward.
     Returns dq, dk, dv (B, H, N, D) in q's dtype, written into the given buffers (any strided views) if any."""
     op = "attention_bwd"
-    batch, heads, seq_len, head_dim = _check_qkv(op, q, k, v)
+    batch, heads, seq_len, _ = _check_qkv(op, q, k, v)
     _check_buffer(op, "d_out", d_out, q.shape, "q", q)
     _check_buffer(op, "out", out, q.shape, "q", q)
     _check_stats(op, "lse", lse, (batch, heads, seq_len), q)
@@ -569,8 +631,23 @@ def attention_bwd(
         else:
             _check_buffer(op, name, buf, q.shape, "q", q, written=True)
         grads.append(buf)
-    dq, dk, dv = grads
+    _launch_attention_bwd(d_out, q, k, v, out, lse, scale, *grads)
+    return grads[0], grads[1], grads[2]
 
+
+def _launch_attention_bwd(
+    d_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+) -> None:
+    batch, heads, seq_len, head_dim = q.shape
     delta = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
     _attn_bwd_preprocess_kernel[(triton.cdiv(seq_len, _PREPROCESS_BLOCK_M) * batch * heads,)](
         out,
@@ -609,53 +686,31 @@ def attention_bwd(
         scale,
         scale * LOG2E,
         HEAD_DIM=head_dim,
-        DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
     )
-    return dq, dk, dv
-
-
-def _check_packed(op: str, qkv: torch.Tensor, num_heads: int) -> tuple[int, int, int, int]:
-    """Check qkv (B, N, 3 * H * D) for `num_heads` heads. Returns (B, H, N, D)."""
-    check_tensor(op, "qkv", qkv, ndim=3)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"{op}: num_heads must be a positive int, got {num_heads!r}")
-    batch, seq_len, width = qkv.shape
-    if width % (3 * num_heads) != 0:
-        raise ValueError(
-            f"{op}: qkv's last dim must be 3 * num_heads * D, divisible by 3 * num_heads = {3 * num_heads}, got {width}"
-        )
-    return batch, num_heads, seq_len, width // (3 * num_heads)
-
-
-def _split_packed(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, N, 3 * H * D) -> q, k, v views (B, H, N, D), split exactly as timm's `qkv.reshape(B, N, 3, H, D)`."""
-    head_dim = qkv.shape[-1] // (3 * num_heads)
-    parts = qkv.unflatten(-1, (3, num_heads, head_dim)).permute(2, 0, 3, 1, 4)
-    return parts[0], parts[1], parts[2]
-
-
-def _heads_view(t: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, H * D) -> (B, H, N, D) view."""
-    return t.unflatten(-1, (num_heads, t.shape[-1] // num_heads)).transpose(1, 2)
 
 
 def attention_qkv_fwd(
     qkv: torch.Tensor,
     num_heads: int,
-    scale: float,
+    scale: float | None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward on a packed qkv (B, N, 3 * H * D). Returns out (B, N, H * D) in qkv's dtype (written into
-    `out` if given) and lse (B, H, N) fp32."""
+    """Launch the forward on a packed qkv (B, N, 3 * H * D); scale None for D**-0.5. Returns out (B, N, H * D) in
+    qkv's dtype (written into `out` if given) and lse (B, H, N) fp32."""
     op = "attention_qkv_fwd"
     batch, heads, seq_len, head_dim = _check_packed(op, qkv, num_heads)
     if out is None:
         out = torch.empty((batch, seq_len, heads * head_dim), dtype=qkv.dtype, device=qkv.device)
     else:
         _check_buffer(op, "out", out, (batch, seq_len, heads * head_dim), "qkv", qkv, written=True)
+    if lse is None:
+        lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=qkv.device)
+    else:
+        _check_stats(op, "lse", lse, (batch, heads, seq_len), qkv)
     q, k, v = _split_packed(qkv, heads)
-    _, lse = attention_fwd(q, k, v, scale, out=_heads_view(out, heads), lse=lse)
+    _launch_attention_fwd(q, k, v, _default_scale(head_dim, scale), _heads_view(out, heads), lse)
     return out, lse
 
 
@@ -665,32 +720,30 @@ def attention_qkv_bwd(
     out: torch.Tensor,
     lse: torch.Tensor,
     num_heads: int,
-    scale: float,
+    scale: float | None,
     d_qkv: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the backward on a packed qkv. d_out, out: (B, N, H * D); lse: (B, H, N) fp32. Returns d_qkv
-    (B, N, 3 * H * D) in qkv's dtype, written into the given buffer if any."""
+    """Launch the backward on a packed qkv; scale None for D**-0.5. d_out, out: (B, N, H * D); lse: (B, H, N) fp32.
+    Returns d_qkv (B, N, 3 * H * D) in qkv's dtype, written into the given buffer if any."""
     op = "attention_qkv_bwd"
     batch, heads, seq_len, head_dim = _check_packed(op, qkv, num_heads)
     _check_buffer(op, "d_out", d_out, (batch, seq_len, heads * head_dim), "qkv", qkv)
     _check_buffer(op, "out", out, (batch, seq_len, heads * head_dim), "qkv", qkv)
+    _check_stats(op, "lse", lse, (batch, heads, seq_len), qkv)
     if d_qkv is None:
         d_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     else:
         _check_buffer(op, "d_qkv", d_qkv, tuple(qkv.shape), "qkv", qkv, written=True)
     q, k, v = _split_packed(qkv, heads)
     dq, dk, dv = _split_packed(d_qkv, heads)
-    attention_bwd(_heads_view(d_out, heads), q, k, v, _heads_view(out, heads), lse, scale, dq=dq, dk=dk, dv=dv)
+    d_out_heads, out_heads = _heads_view(d_out, heads), _heads_view(out, heads)
+    _launch_attention_bwd(d_out_heads, q, k, v, out_heads, lse, _default_scale(head_dim, scale), dq, dk, dv)
     return d_qkv
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Pure torch references (same signatures as the public ops)
+# Reference
 # ----------------------------------------------------------------------------------------------------------------------
-def _default_scale(head_dim: int, scale: float | None) -> float:
-    return head_dim**-0.5 if scale is None else float(scale)
-
-
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Plain torch attention with the kernel's rounding points: scores and softmax in fp32 (fp64 stays fp64), P
     rounded to v's dtype before P V. q, k, v: (B, H, N, D). Returns (B, H, N, D) in q's dtype."""
@@ -710,19 +763,13 @@ def attention_qkv_ref(qkv: torch.Tensor, num_heads: int, scale: float | None = N
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# torch.library registration: custom ops, fake (shape-only) impls, autograd
+# Custom ops: each checks its inputs once (in the launcher it calls)
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("fastdeit::attention_fwd", mutates_args=())
 def _attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return attention_fwd(q, k, v, scale)
-
-
-@_attention_fwd_op.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, heads, seq_len, _ = _check_qkv("attention_fwd", q, k, v)
-    return q.new_empty(q.shape), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
 
 @torch.library.custom_op("fastdeit::attention_bwd", mutates_args=())
@@ -738,6 +785,27 @@ def _attention_bwd_op(
     return attention_bwd(d_out, q, k, v, out, lse, scale)
 
 
+@torch.library.custom_op("fastdeit::attention_qkv_fwd", mutates_args=())
+def _attention_qkv_fwd_op(qkv: torch.Tensor, num_heads: int, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_qkv_fwd(qkv, num_heads, scale)
+
+
+@torch.library.custom_op("fastdeit::attention_qkv_bwd", mutates_args=())
+def _attention_qkv_bwd_op(
+    d_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int, scale: float | None
+) -> torch.Tensor:
+    return attention_qkv_bwd(d_out, qkv, out, lse, num_heads, scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fake (shape-only) implementations, for torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
+@_attention_fwd_op.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, heads, seq_len, _ = _check_qkv("attention_fwd", q, k, v)
+    return q.new_empty(q.shape), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
+
+
 @_attention_bwd_op.register_fake
 def _(
     d_out: torch.Tensor,
@@ -751,6 +819,25 @@ def _(
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
+@_attention_qkv_fwd_op.register_fake
+def _(qkv: torch.Tensor, num_heads: int, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, heads, seq_len, head_dim = _check_packed("attention_qkv_fwd", qkv, num_heads)
+    return (
+        qkv.new_empty((batch, seq_len, heads * head_dim)),
+        qkv.new_empty((batch, heads, seq_len), dtype=torch.float32),
+    )
+
+
+@_attention_qkv_bwd_op.register_fake
+def _(
+    d_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int, scale: float | None
+) -> torch.Tensor:
+    return qkv.new_empty(qkv.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------------------
 def _attention_setup_context(ctx, inputs: tuple, output: tuple) -> None:
     q, k, v, scale = inputs
     out, lse = output
@@ -766,34 +853,6 @@ def _attention_backward(ctx, d_out: torch.Tensor, d_lse: torch.Tensor | None) ->
 
 
 _attention_fwd_op.register_autograd(_attention_backward, setup_context=_attention_setup_context)
-
-
-@torch.library.custom_op("fastdeit::attention_qkv_fwd", mutates_args=())
-def _attention_qkv_fwd_op(qkv: torch.Tensor, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention_qkv_fwd(qkv, num_heads, scale)
-
-
-@_attention_qkv_fwd_op.register_fake
-def _(qkv: torch.Tensor, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, heads, seq_len, head_dim = _check_packed("attention_qkv_fwd", qkv, num_heads)
-    return (
-        qkv.new_empty((batch, seq_len, heads * head_dim)),
-        qkv.new_empty((batch, heads, seq_len), dtype=torch.float32),
-    )
-
-
-@torch.library.custom_op("fastdeit::attention_qkv_bwd", mutates_args=())
-def _attention_qkv_bwd_op(
-    d_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int, scale: float
-) -> torch.Tensor:
-    return attention_qkv_bwd(d_out, qkv, out, lse, num_heads, scale)
-
-
-@_attention_qkv_bwd_op.register_fake
-def _(
-    d_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int, scale: float
-) -> torch.Tensor:
-    return qkv.new_empty(qkv.shape)
 
 
 def _attention_qkv_setup_context(ctx, inputs: tuple, output: tuple) -> None:
@@ -814,22 +873,27 @@ _attention_qkv_fwd_op.register_autograd(_attention_qkv_backward, setup_context=_
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Public ops
+# Public functions
 # ----------------------------------------------------------------------------------------------------------------------
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Non-causal multi-head attention softmax(scale * q k^T) v, fused, with autograd.
 
     Args:
         q, k, v: (B, H, N, D), same shape, dtype (fp32, fp16 or bf16) and device; any strides (views are read in
-            place). N >= 1 any length; D in (16, 32, 64, 128).
+            place). N >= 1 any length; D in HEAD_DIMS = (16, 32, 64, 128).
         scale: score scale, default D**-0.5.
 
     Returns:
-        (B, H, N, D) contiguous, in q's dtype. Gradients dq, dk, dv: (B, H, N, D).
+        (B, H, N, D) contiguous, in q's dtype. Gradients dq, dk, dv: (B, H, N, D). fp32 on a GPU under torch's
+        default "highest" fp32 matmul precision runs torch's SDPA (IEEE), see `triton_dots_fit`.
     """
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"attention: q must be a torch.Tensor, got {type(q).__name__}")
-    out, _ = torch.ops.fastdeit.attention_fwd(q, k, v, _default_scale(q.shape[-1], scale))
+    scale = _default_scale(q.shape[-1], scale)
+    if not triton_dots_fit(q.dtype, q.device):
+        _check_qkv("attention", q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale).contiguous()
+    out, _ = torch.ops.fastdeit.attention_fwd(q, k, v, scale)
     return out
 
 
@@ -838,18 +902,21 @@ def attention_qkv(qkv: torch.Tensor, num_heads: int, scale: float | None = None)
 
     Args:
         qkv: (B, N, 3 * H * D), read as timm's `qkv.reshape(B, N, 3, H, D)` (index 0: q, 1: k, 2: v); any strides.
-            fp32, fp16 or bf16; D = qkv.shape[-1] // (3 * num_heads) in (16, 32, 64, 128).
+            fp32, fp16 or bf16; D = qkv.shape[-1] // (3 * num_heads) in HEAD_DIMS = (16, 32, 64, 128).
         num_heads: H.
         scale: score scale, default D**-0.5.
 
     Returns:
         (B, N, H * D) contiguous, in qkv's dtype: timm's `(attn @ v).transpose(1, 2).reshape(B, N, H * D)`, ready for
-        the output projection. The gradient for qkv comes back packed, (B, N, 3 * H * D).
+        the output projection. The gradient for qkv comes back packed, (B, N, 3 * H * D). fp32 with IEEE dots on
+        a GPU runs torch's SDPA, as `attention`.
     """
     if not isinstance(qkv, torch.Tensor):
         raise TypeError(f"attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise ValueError(f"attention_qkv: num_heads must be a positive int, got {num_heads!r}")
-    head_dim = qkv.shape[-1] // (3 * num_heads)
-    out, _ = torch.ops.fastdeit.attention_qkv_fwd(qkv, num_heads, _default_scale(max(head_dim, 1), scale))
+    if not triton_dots_fit(qkv.dtype, qkv.device):
+        batch, heads, seq_len, head_dim = _check_packed("attention_qkv", qkv, num_heads)
+        q, k, v = _split_packed(qkv, heads)
+        out = F.scaled_dot_product_attention(q, k, v, scale=_default_scale(head_dim, scale))
+        return out.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+    out, _ = torch.ops.fastdeit.attention_qkv_fwd(qkv, num_heads, scale)
     return out

@@ -45,6 +45,9 @@ _TILE_ELEMS = 4096
 _MAX_C = 65536
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _layer_norm_fwd_kernel(
     x_ptr,
@@ -159,6 +162,9 @@ def _layer_norm_bwd_kernel(
     tl.store(dbias_partial_ptr + pid * n_cols + cols, dbias_acc, mask=col_mask)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers (no autograd): each public launcher checks its arguments once, then calls its `_launch_*`
+# ----------------------------------------------------------------------------------------------------------------------
 def _check_vector(name: str, t: object, length: int, dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
     """A contiguous (length,) tensor on `device`, of `dtype` (or of any supported dtype when None)."""
     t = check_tensor(_OP, name, t, ndim=1) if dtype is None else check_tensor(_OP, name, t, ndim=1, dtypes=(dtype,))
@@ -200,6 +206,19 @@ def _bwd_programs(device: torch.device) -> int:
     return 4
 
 
+def _check_inputs(x: object, weight: object, bias: object, residual: object) -> None:
+    """Check the (M, C) x and residual, unit stride along C, and the (C,) weight and bias of one LayerNorm."""
+    x = check_tensor(_OP, "x", x, ndim=2)
+    shape = tuple(x.shape)
+    check_matrix(_OP, "x", x, shape, x)
+    _check_params(weight, bias, shape[1], x.device)
+    if residual is not None:
+        check_matrix(_OP, "residual", residual, shape, x)
+    if shape[1] == 0:
+        raise ValueError(f"{_OP}: x must have at least one value per row, got shape {shape}")
+    _tile(shape[1])
+
+
 def launch_layer_norm_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -216,23 +235,32 @@ def launch_layer_norm_fwd(
     x, residual, y, s: (M, C), unit stride along C; weight, bias: (C,); mean, rstd: (M,) fp32. x, residual and y
     may each have any supported dtype; s must have promote_types(x.dtype, residual.dtype).
     """
-    x = check_tensor(_OP, "x", x, ndim=2)
-    shape = tuple(x.shape)
-    n_rows, n_cols = shape
-    x = check_matrix(_OP, "x", x, shape, x)
-    weight, bias = _check_params(weight, bias, n_cols, x.device)
+    _check_inputs(x, weight, bias, residual)
+    shape = n_rows, _ = tuple(x.shape)
     if residual is not None:
-        residual = check_matrix(_OP, "residual", residual, shape, x)
         if s is None:
             raise ValueError(f"{_OP}: with a residual, an output tensor s of shape {shape} is required")
-        s = check_matrix(_OP, "s", s, shape, x, dtype=torch.promote_types(x.dtype, residual.dtype))
+        check_matrix(_OP, "s", s, shape, x, dtype=torch.promote_types(x.dtype, residual.dtype))
     elif s is not None:
         raise ValueError(f"{_OP}: s is written only with a residual; expected s=None, got a tensor")
-    y = check_matrix(_OP, "y", y, shape, x)
-    mean = _check_vector("mean", mean, n_rows, torch.float32, x.device)
-    rstd = _check_vector("rstd", rstd, n_rows, torch.float32, x.device)
-    if n_cols == 0:
-        raise ValueError(f"{_OP}: x must have at least one value per row, got shape {tuple(x.shape)}")
+    check_matrix(_OP, "y", y, shape, x)
+    _check_vector("mean", mean, n_rows, torch.float32, x.device)
+    _check_vector("rstd", rstd, n_rows, torch.float32, x.device)
+    _launch_layer_norm_fwd(x, weight, bias, residual, eps, y, s, mean, rstd)
+
+
+def _launch_layer_norm_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    y: torch.Tensor,
+    s: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+) -> None:
+    n_rows, n_cols = x.shape
     if n_rows == 0:
         return
     block_rows, block_c, num_warps = _tile(n_cols)
@@ -299,8 +327,25 @@ def launch_layer_norm_bwd(
         partial = check_matrix(_OP, name, partial, (n_programs, n_cols), s, "s", dtype=torch.float32)
         if not partial.is_contiguous():
             raise ValueError(f"{_OP}: {name} must be contiguous, got strides {partial.stride()}")
+    _tile(n_cols)
+    _launch_layer_norm_bwd(dy, ds, s, weight, mean, rstd, dx, dweight_partial, dbias_partial, dresidual)
+
+
+def _launch_layer_norm_bwd(
+    dy: torch.Tensor,
+    ds: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dx: torch.Tensor,
+    dweight_partial: torch.Tensor,
+    dbias_partial: torch.Tensor,
+    dresidual: torch.Tensor | None,
+) -> None:
+    n_rows, n_cols = s.shape
     block_rows, block_c, num_warps = _tile(n_cols)
-    _layer_norm_bwd_kernel[(n_programs,)](
+    _layer_norm_bwd_kernel[(dweight_partial.shape[0],)](
         dy,
         dy if ds is None else ds,  # not read without HAS_DS
         s,
@@ -326,6 +371,9 @@ def launch_layer_norm_bwd(
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------------------------------
 def layer_norm_ref(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -344,6 +392,9 @@ def layer_norm_ref(
     return y if residual is None else (y, s)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Custom ops: each checks its inputs once, then calls the `_launch_*` functions
+# ----------------------------------------------------------------------------------------------------------------------
 def _rows(name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`t`, shaped like `like` (..., C), as an (M, C) view with unit stride along C; copies only when it must."""
     if not isinstance(t, torch.Tensor):
@@ -366,6 +417,23 @@ def _output_dtypes(
     return s_dtype, out_dtype or s_dtype
 
 
+def _check_op_inputs(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.dtype, torch.dtype]]:
+    """Check the op's x (..., C) and the rest; returns x and the residual as (M, C) rows, and (s's, y's) dtypes."""
+    if check_tensor(_OP, "x", x).dim() == 0:
+        raise ValueError(f"{_OP}: x must have at least one dim (..., C), got a 0-D tensor")
+    x_rows = _rows("x", x, x)
+    residual_rows = None if residual is None else _rows("residual", residual, x)
+    dtypes = _output_dtypes(x, residual, out_dtype)
+    _check_inputs(x_rows, weight, bias, residual_rows)
+    return x_rows, residual_rows, dtypes
+
+
 @torch.library.custom_op("fastdeit::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd_op(
     x: torch.Tensor,
@@ -376,30 +444,58 @@ def _layer_norm_fwd_op(
     out_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, s, mean, rstd); s is empty without a residual; mean, rstd: (M,) fp32 with M the number of rows."""
-    if check_tensor(_OP, "x", x).dim() == 0:
-        raise ValueError(f"{_OP}: x must have at least one dim (..., C), got a 0-D tensor")
-    x_rows = _rows("x", x, x)
-    residual_rows = None if residual is None else _rows("residual", residual, x)
-    s_dtype, y_dtype = _output_dtypes(x, residual, out_dtype)
+    x_rows, residual_rows, (s_dtype, y_dtype) = _check_op_inputs(x, weight, bias, residual, out_dtype)
     n_rows = x_rows.shape[0]
     y = torch.empty(x.shape, dtype=y_dtype, device=x.device)
     s = x.new_empty(0) if residual is None else torch.empty(x.shape, dtype=s_dtype, device=x.device)
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    launch_layer_norm_fwd(
-        x_rows,
-        weight,
-        bias,
-        residual_rows,
-        eps,
-        y.view(x_rows.shape),
-        None if residual is None else s.view(x_rows.shape),
-        mean,
-        rstd,
-    )
+    s_rows = None if residual is None else s.view(x_rows.shape)
+    _launch_layer_norm_fwd(x_rows, weight, bias, residual_rows, eps, y.view(x_rows.shape), s_rows, mean, rstd)
     return y, s, mean, rstd
 
 
+@torch.library.custom_op("fastdeit::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(
+    dy: torch.Tensor,
+    ds: torch.Tensor | None,
+    s: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    dx_dtype: torch.dtype,
+    dresidual_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dresidual, dweight, dbias) for y = LN(s): dx (ds included) in dx_dtype; dresidual, the same values in
+    dresidual_dtype, written only when that is given (else empty); dweight, dbias in weight's dtype. s, weight, mean
+    and rstd are the forward's (checked there); dy and ds must have s's shape."""
+    s_rows = _rows("s", s, s)
+    n_rows, n_cols = s_rows.shape
+    dx = torch.empty(s.shape, dtype=dx_dtype, device=s.device)
+    dresidual = (
+        s.new_empty(0) if dresidual_dtype is None else torch.empty(s.shape, dtype=dresidual_dtype, device=s.device)
+    )
+    n_programs = max(1, min(_bwd_programs(s.device), triton.cdiv(n_rows, _tile(n_cols)[0])))
+    dweight_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
+    dbias_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
+    _launch_layer_norm_bwd(
+        _rows("dy", dy, s),
+        None if ds is None else _rows("ds", ds, s),
+        s_rows,
+        weight,
+        mean,
+        rstd,
+        dx.view(s_rows.shape),
+        dweight_partial,
+        dbias_partial,
+        None if dresidual_dtype is None else dresidual.view(s_rows.shape),
+    )
+    return dx, dresidual, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fake (shape-only) implementations, for torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
 @_layer_norm_fwd_op.register_fake
 def _(
     x: torch.Tensor,
@@ -418,43 +514,6 @@ def _(
         x.new_empty(n_rows, dtype=torch.float32),
         x.new_empty(n_rows, dtype=torch.float32),
     )
-
-
-@torch.library.custom_op("fastdeit::layer_norm_bwd", mutates_args=())
-def _layer_norm_bwd_op(
-    dy: torch.Tensor,
-    ds: torch.Tensor | None,
-    s: torch.Tensor,
-    weight: torch.Tensor,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    dx_dtype: torch.dtype,
-    dresidual_dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dresidual, dweight, dbias) for y = LN(s): dx (ds included) in dx_dtype; dresidual, the same values in
-    dresidual_dtype, written only when that is given (else empty); dweight, dbias in weight's dtype."""
-    s_rows = _rows("s", s, s)
-    n_rows, n_cols = s_rows.shape
-    dx = torch.empty(s.shape, dtype=dx_dtype, device=s.device)
-    dresidual = (
-        s.new_empty(0) if dresidual_dtype is None else torch.empty(s.shape, dtype=dresidual_dtype, device=s.device)
-    )
-    n_programs = max(1, min(_bwd_programs(s.device), triton.cdiv(n_rows, _tile(n_cols)[0])))
-    dweight_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
-    dbias_partial = torch.empty(n_programs, n_cols, dtype=torch.float32, device=s.device)
-    launch_layer_norm_bwd(
-        _rows("dy", dy, s),
-        None if ds is None else _rows("ds", ds, s),
-        s_rows,
-        weight,
-        mean,
-        rstd,
-        dx.view(s_rows.shape),
-        dweight_partial,
-        dbias_partial,
-        None if dresidual_dtype is None else dresidual.view(s_rows.shape),
-    )
-    return dx, dresidual, dweight_partial.sum(0).to(weight.dtype), dbias_partial.sum(0).to(weight.dtype)
 
 
 @_layer_norm_bwd_op.register_fake
@@ -476,6 +535,9 @@ def _(
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------------------
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, ...]) -> None:
     x, weight, bias, residual, _eps, _out_dtype = inputs
     _y, s, mean, rstd = output
@@ -513,6 +575,9 @@ def _backward(
 _layer_norm_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------------------------
 def layer_norm(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -9,11 +9,13 @@ Backward, with dout the grad of out:
     dx        = dz @ weight,   dweight = dz.T @ x,   dbias = sum over rows of dz,   dresidual = dout
 The backward matmuls run on torch (cuBLAS); dz is a small Triton elementwise kernel.
 
-Two forward paths, picked per shape by `_use_triton_matmul`:
+Two forward paths, picked per call by the linear policy (`linear_policy.py`: one table keyed by the layer's kind,
+dtype and size; on the CPU always the first):
   * a Triton matmul (tiles, `tl.dot`, fp32 accumulator, grouped program order for L2 reuse) with
     bias, GELU and residual applied to the accumulator before the single store;
-  * cuBLAS `addmm` (bias fused there) followed by a Triton elementwise kernel for GELU and the residual.
-fp32 inputs use IEEE fp32 products in `tl.dot` (no tf32), matching torch's default fp32 matmul.
+  * cuBLAS `addmm` (the bias in cuBLASLt's epilogue) followed, for a GELU or a residual, by a Triton elementwise
+    kernel. fp32 always takes this path on a GPU (torch's fp32 matmul precision, as F.linear).
+fp32 inputs of the Triton matmul (the interpreter): `tl.dot` follows torch's fp32 matmul precision (`dot_precision`).
 
 Dtypes: x, weight and bias share the compute dtype, which pre has too. The residual may have another float dtype
 (the fp32 residual stream under autocast); it is added in fp32 and out has torch.promote_types(x, residual), exactly
@@ -29,29 +31,41 @@ import triton
 import triton.language as tl
 from torch.autograd.function import FunctionCtx
 
-from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, is_interpreter
+from fastdeit._env import triton_interpreter
+
+from ._utils import AUTOTUNE_KWARGS, check_matrix, check_same, check_tensor, dot_precision
+from .linear_policy import OP_KINDS, path_for
 
 _OP = "linear"
 ACTIVATIONS = (None, "gelu")
 
 # Hopper-oriented tile sweep, keyed on (N, K) only: M is batch * tokens and would re-tune on every batch size.
-# Under the interpreter a single small config (no tuning runs); tiles of 32 still leave partial edge tiles in tests.
-if is_interpreter():
-    _MATMUL_CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
+# Under the interpreter a single small config (no tuning runs); tiles of 32 still leave partial edge tiles in tests,
+# and its split epilogue runs the GPU configs' code path.
+# Every GPU config builds for sm_90 with wgmma, no spills and no serialised wgmma in every epilogue variant, with
+# triton 3.6 and 3.9 (`fastdeit bench --compile-report`). EPILOGUE_SPLIT runs the epilogue on one column half of the
+# tile at a time: with it the 256x128 and 128x128 tiles stop spilling under GELU or an fp32 residual. Left out, with
+# what the report showed: 128x256 w8 (wgmma serialised by ptxas, C7515, with an fp32 residual on 3.6, split or not),
+# 128x128x32 w4 (spilled; 128x128x64 covers it), 64x32 w2 (two warps cannot issue wgmma: mma.sync).
+if triton_interpreter():
+    _MATMUL_CONFIGS = [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "EPILOGUE_SPLIT": True})
+    ]
 else:
     _MATMUL_CONFIGS = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
-        for bm, bn, bk, w, st in (
-            (128, 256, 64, 8, 3),
-            (256, 128, 64, 8, 3),
-            (128, 128, 64, 8, 4),
-            (128, 128, 64, 4, 4),
-            (128, 64, 64, 4, 4),
-            (64, 128, 64, 4, 4),
-            (128, 128, 32, 4, 4),
-            (64, 64, 64, 4, 5),
-            (128, 32, 64, 4, 4),
-            (64, 32, 32, 2, 5),
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPILOGUE_SPLIT": split},
+            num_warps=w,
+            num_stages=st,
+        )
+        for bm, bn, bk, split, w, st in (
+            (256, 128, 64, True, 8, 3),
+            (128, 128, 64, True, 8, 4),
+            (128, 128, 64, True, 4, 4),
+            (128, 64, 64, False, 4, 4),
+            (64, 128, 64, False, 4, 4),
+            (64, 64, 64, False, 4, 5),
+            (128, 32, 64, False, 4, 4),
         )
     ]
 
@@ -60,6 +74,9 @@ _EW_BLOCK_M = 16
 _EW_BLOCK_N = 128
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _gelu(z):
     return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))  # 1 / sqrt(2)
@@ -96,11 +113,12 @@ def _linear_kernel(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PRE: tl.constexpr,
-    IEEE_FP32: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    EPILOGUE_SPLIT: tl.constexpr,
 ):
     # Grouped order: GROUP_M row-tiles share each column-tile of weight while it is still in L2.
     pid = tl.program_id(0)
@@ -126,17 +144,53 @@ def _linear_kernel(
         k_left = K - k * BLOCK_K
         x_tile = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
         weight_t_tile = tl.load(weight_t_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        if IEEE_FP32:
-            acc = tl.dot(x_tile, weight_t_tile, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x_tile, weight_t_tile, acc)
+        acc = tl.dot(x_tile, weight_t_tile, acc, input_precision=DOT_PRECISION)
         x_ptrs += BLOCK_K * stride_x_k
         weight_t_ptrs += BLOCK_K * stride_weight_k
 
+    if EPILOGUE_SPLIT:
+        # One column half at a time: half the live registers of a whole-tile epilogue.
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        offs_half = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue(
+            left, offs_m, offs_half, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m, stride_out_m,
+            stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+        _epilogue(
+            right, offs_m, offs_half + BLOCK_N // 2, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m,
+            stride_out_m, stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+    else:
+        _epilogue(
+            acc, offs_m, offs_n, M, N, bias_ptr, residual_ptr, out_ptr, pre_ptr, stride_residual_m, stride_out_m,
+            stride_pre_m, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PRE,
+        )  # fmt: skip
+
+
+@triton.jit
+def _epilogue(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    bias_ptr,
+    residual_ptr,
+    out_ptr,
+    pre_ptr,
+    stride_residual_m,
+    stride_out_m,
+    stride_pre_m,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PRE: tl.constexpr,
+):
+    """pre = acc + bias, out = act(pre) + residual for the output tile at rows offs_m, columns offs_n."""
     out_m = offs_m.to(tl.int64)
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + load_n).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if SAVE_PRE:
         tl.store(pre_ptr + out_m[:, None] * stride_pre_m + offs_n[None, :], acc.to(pre_ptr.dtype.element_ty), mask=mask)
     if ACTIVATION == "gelu":
@@ -196,6 +250,9 @@ def _gelu_bwd_kernel(
     tl.store(dz_ptr + offs_m[:, None] * stride_dz_m + offs_n[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers (no autograd): each public launcher checks its arguments once, then calls its `_launch_*`
+# ----------------------------------------------------------------------------------------------------------------------
 def _check_activation(activation: object) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"{_OP}: activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -224,6 +281,19 @@ def _check_inputs(
     return M, N, K
 
 
+def _m_bucket(M: int) -> int:
+    """The row count's tuning bucket: powers of 4 from 1024 to 65536 rows.
+
+    M = batch * tokens changes with every batch size; keying the autotuner on M itself would re-tune each
+    time, and ignoring it would keep the tiles picked for the first (maybe tiny) batch. Five buckets cover
+    batch 1 to 512+ of DeiT (197 tokens: M = 197 ... 100k) with at most five tuning runs per weight shape.
+    """
+    bucket = 1024
+    while bucket < M and bucket < 65536:
+        bucket *= 4
+    return bucket
+
+
 def launch_linear_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -239,11 +309,24 @@ def launch_linear_fwd(
     stride along N; residual and pre may be None. All on x's device; weight, bias and pre in x's dtype, residual in
     any supported dtype, out in promote_types(x.dtype, residual.dtype) (x's dtype without a residual).
     """
-    M, N, K = _check_inputs(x, weight, bias, residual)
-    out = check_matrix(_OP, "out", out, (M, N), x, dtype=_out_dtype(x.dtype, residual))
+    M, N, _ = _check_inputs(x, weight, bias, residual)
+    check_matrix(_OP, "out", out, (M, N), x, dtype=_out_dtype(x.dtype, residual))
     if pre is not None:
-        pre = check_matrix(_OP, "pre", pre, (M, N), x, dtype=x.dtype)
+        check_matrix(_OP, "pre", pre, (M, N), x, dtype=x.dtype)
     _check_activation(activation)
+    _launch_linear_fwd(x, weight, bias, residual, activation, out, pre)
+
+
+def _launch_linear_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    out: torch.Tensor,
+    pre: torch.Tensor | None,
+) -> None:
+    (M, K), N = x.shape, weight.shape[0]
     if M == 0 or N == 0:
         return
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -269,21 +352,8 @@ def launch_linear_fwd(
         ACTIVATION=activation or "none",
         HAS_RESIDUAL=residual is not None,
         SAVE_PRE=pre is not None,
-        IEEE_FP32=x.dtype == torch.float32,
+        DOT_PRECISION=dot_precision(x.dtype),
     )
-
-
-def _m_bucket(M: int) -> int:
-    """The row count's tuning bucket: powers of 4 from 1024 to 65536 rows.
-
-    M = batch * tokens changes with every batch size; keying the autotuner on M itself would re-tune each
-    time, and ignoring it would keep the tiles picked for the first (maybe tiny) batch. Five buckets cover
-    batch 1 to 512+ of DeiT (197 tokens: M = 197 ... 100k) with at most five tuning runs per weight shape.
-    """
-    bucket = 1024
-    while bucket < M and bucket < 65536:
-        bucket *= 4
-    return bucket
 
 
 def launch_linear_epilogue(
@@ -293,11 +363,18 @@ def launch_linear_epilogue(
     any supported dtype, out in promote_types(pre.dtype, residual.dtype) (pre's dtype without a residual)."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
+    check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
     if residual is not None:
-        residual = check_matrix(_OP, "residual", residual, (M, N), pre, "pre")
-    out = check_matrix(_OP, "out", out, (M, N), pre, "pre", dtype=_out_dtype(pre.dtype, residual))
+        check_matrix(_OP, "residual", residual, (M, N), pre, "pre")
+    check_matrix(_OP, "out", out, (M, N), pre, "pre", dtype=_out_dtype(pre.dtype, residual))
     _check_activation(activation)
+    _launch_linear_epilogue(pre, residual, activation, out)
+
+
+def _launch_linear_epilogue(
+    pre: torch.Tensor, residual: torch.Tensor | None, activation: str | None, out: torch.Tensor
+) -> None:
+    M, N = pre.shape
     if M == 0 or N == 0:
         return
     _linear_epilogue_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -321,9 +398,14 @@ def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> 
     compute dtype), dout in any supported dtype (out's, which a residual in another dtype may have promoted)."""
     pre = check_tensor(_OP, "pre", pre, ndim=2)
     M, N = pre.shape
-    dout = check_matrix(_OP, "dout", dout, (M, N), pre, "pre")
-    pre = check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
-    dz = check_matrix(_OP, "dz", dz, (M, N), pre, "pre", dtype=pre.dtype)
+    check_matrix(_OP, "dout", dout, (M, N), pre, "pre")
+    check_matrix(_OP, "pre", pre, (M, N), pre, "pre")
+    check_matrix(_OP, "dz", dz, (M, N), pre, "pre", dtype=pre.dtype)
+    _launch_gelu_bwd(dout, pre, dz)
+
+
+def _launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> None:
+    M, N = pre.shape
     if M == 0 or N == 0:
         return
     _gelu_bwd_kernel[(triton.cdiv(M, _EW_BLOCK_M), triton.cdiv(N, _EW_BLOCK_N))](
@@ -340,6 +422,9 @@ def launch_gelu_bwd(dout: torch.Tensor, pre: torch.Tensor, dz: torch.Tensor) -> 
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------------------------------------
 def linear_ref(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -356,35 +441,19 @@ def linear_ref(
     return out if residual is None else out + residual
 
 
-def _use_triton_matmul(M: int, N: int, K: int, dtype: torch.dtype) -> bool:
-    """Forward path policy: True for the fused Triton matmul, False for cuBLAS addmm + the Triton epilogue kernel.
-
-    Not yet measured on a GPU: always the Triton matmul for now. A GPU session should time both paths on the DeiT
-    shapes (qkv, proj, fc1 with GELU, fc2 with residual; M = batch * tokens) and return False where cuBLAS wins.
-    """
-    return True
-
-
+# ----------------------------------------------------------------------------------------------------------------------
+# Custom ops: each checks its inputs once, then calls the `_launch_*` functions
+# ----------------------------------------------------------------------------------------------------------------------
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """`t` (..., width) as (rows, width) with unit stride along width; copies only when it must."""
     rows = t.reshape(-1, width)
     return rows if rows.stride(1) == 1 else rows.contiguous()
 
 
-@torch.library.custom_op("fastdeit::linear_fwd", mutates_args=())
-def _linear_fwd_op(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    activation: str | None,
-    save_pre: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, pre): out (..., N); pre (..., N) = x @ weight.T + bias when save_pre and activation == "gelu", else empty.
-
-    pre is what the GELU backward needs; saving it (one extra write in the forward) is chosen over recomputing
-    it in the backward, which would cost a full extra matmul. It matches what eager nn.Linear + nn.GELU keep.
-    """
+def _check_op_inputs(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None, activation: object
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check the op's x (..., K), weight, bias, residual (..., N) and activation; returns x and the residual as rows."""
     if check_tensor(_OP, "x", x).dim() == 0:
         raise ValueError(f"{_OP}: x must have at least one dim (..., K), got a 0-D tensor")
     N, K = check_tensor(_OP, "weight", weight, ndim=2).shape
@@ -395,31 +464,69 @@ def _linear_fwd_op(
         raise ValueError(f"{_OP}: residual must have shape {out_shape}, got {tuple(residual.shape)}")
     _check_activation(activation)
     x_rows = x.reshape(-1, K)
-    M = x_rows.shape[0]
     residual_rows = None if residual is None else _rows(residual, N)
-    out = torch.empty(out_shape, dtype=_out_dtype(x.dtype, residual), device=x.device)
-    keep_pre = save_pre and activation == "gelu"
-    pre = torch.empty(out_shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
-    out_rows = out.view(M, N)
-    if _use_triton_matmul(M, N, K, x.dtype):
-        launch_linear_fwd(
-            x_rows, weight, bias, residual_rows, activation, out_rows, pre.view(M, N) if keep_pre else None
-        )
-        return out, pre
     _check_inputs(x_rows, weight, bias, residual_rows)
+    return x_rows, residual_rows
+
+
+@torch.library.custom_op("fastdeit::linear_fwd", mutates_args=())
+def _linear_fwd_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str | None,
+    save_pre: bool,
+    kind: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, pre): out (..., N); pre (..., N) = x @ weight.T + bias when save_pre and activation == "gelu", else empty.
+
+    pre is what the GELU backward needs; saving it (one extra write in the forward) is chosen over recomputing
+    it in the backward, which would cost a full extra matmul. It matches what eager nn.Linear + nn.GELU keep.
+    """
+    x_rows, residual_rows = _check_op_inputs(x, weight, bias, residual, activation)
+    (M, _), N = x_rows.shape, weight.shape[0]
+    out = torch.empty((*x.shape[:-1], N), dtype=_out_dtype(x.dtype, residual), device=x.device)
+    keep_pre = save_pre and activation == "gelu"
+    pre = torch.empty(out.shape, dtype=x.dtype, device=x.device) if keep_pre else x.new_empty(0)
+    out_rows, pre_rows = out.view(M, N), pre.view(M, N) if keep_pre else None
+    if path_for(kind, x.dtype, M, x.device) == "triton":
+        _launch_linear_fwd(x_rows, weight, bias, residual_rows, activation, out_rows, pre_rows)
+        return out, pre
     if activation is None and residual is None:
-        pre_rows = out_rows
-    else:
-        pre_rows = pre.view(M, N) if keep_pre else torch.empty(M, N, dtype=x.dtype, device=x.device)
+        pre_rows = out_rows  # cuBLAS writes the result itself
+    elif pre_rows is None:
+        pre_rows = torch.empty(M, N, dtype=x.dtype, device=x.device)
     if bias is None:
         torch.mm(x_rows, weight.t(), out=pre_rows)
     else:
         torch.addmm(bias, x_rows, weight.t(), out=pre_rows)
     if pre_rows is not out_rows:
-        launch_linear_epilogue(pre_rows, residual_rows, activation, out_rows)
+        _launch_linear_epilogue(pre_rows, residual_rows, activation, out_rows)
     return out, pre
 
 
+def _check_gelu_bwd_inputs(dout: torch.Tensor, pre: torch.Tensor) -> None:
+    check_tensor(_OP, "dout", dout)
+    if dout.shape != check_tensor(_OP, "pre", pre).shape:
+        raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
+    if dout.device != pre.device:
+        raise ValueError(f"{_OP}: dout is on {dout.device} but pre is on {pre.device}")
+
+
+@torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
+def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """dz (..., N) = dout * GELU'(pre) in pre's dtype; dout, pre: (..., N)."""
+    _check_gelu_bwd_inputs(dout, pre)
+    N = dout.shape[-1]
+    dz = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    _launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
+    return dz
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fake (shape-only) implementations, for torch.compile
+# ----------------------------------------------------------------------------------------------------------------------
 @_linear_fwd_op.register_fake
 def _(
     x: torch.Tensor,
@@ -428,22 +535,11 @@ def _(
     residual: torch.Tensor | None,
     activation: str | None,
     save_pre: bool,
+    kind: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     out_shape = (*x.shape[:-1], weight.shape[0])
     pre = x.new_empty(out_shape) if save_pre and activation == "gelu" else x.new_empty(0)
     return x.new_empty(out_shape, dtype=_out_dtype(x.dtype, residual)), pre
-
-
-@torch.library.custom_op("fastdeit::linear_gelu_bwd", mutates_args=())
-def _gelu_bwd_op(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
-    """dz (..., N) = dout * GELU'(pre) in pre's dtype; dout, pre: (..., N)."""
-    check_tensor(_OP, "dout", dout)
-    if dout.shape != check_tensor(_OP, "pre", pre).shape:
-        raise ValueError(f"{_OP}: dout and pre must have one shape, got {tuple(dout.shape)} and {tuple(pre.shape)}")
-    N = dout.shape[-1]
-    dz = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
-    launch_gelu_bwd(_rows(dout, N), _rows(pre, N), dz.view(-1, N))
-    return dz
 
 
 @_gelu_bwd_op.register_fake
@@ -451,8 +547,11 @@ def _(dout: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(pre, memory_format=torch.contiguous_format)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------------------------------
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    x, weight, bias, residual, activation, _save_pre = inputs
+    x, weight, bias, residual, activation, _save_pre, _kind = inputs
     _out, pre = output
     ctx.save_for_backward(x, weight, pre)
     ctx.activation = activation
@@ -481,20 +580,25 @@ def _backward(ctx: FunctionCtx, dout: torch.Tensor | None, _dpre: torch.Tensor |
         if needs_bias:
             dbias = dz_rows.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
     dresidual = dout.to(ctx.residual_dtype) if needs_residual and dout is not None else None
-    return dx, dweight, dbias, dresidual, None, None
+    return dx, dweight, dbias, dresidual, None, None, None
 
 
 _linear_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------------------------
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
     residual: torch.Tensor | None = None,
+    kind: str | None = None,
 ) -> torch.Tensor:
-    """out = act(x @ weight.T + bias) + residual, in one kernel where `_use_triton_matmul` says so.
+    """out = act(x @ weight.T + bias) + residual: one fused Triton kernel, or cuBLAS and an epilogue kernel, as the
+    linear policy (`fastdeit.kernels.linear_policy`) says for this kind of layer, dtype and size.
 
     Args:
         x: (..., K), fp32, fp16 or bf16; any strides. Its dtype is the compute dtype.
@@ -503,12 +607,18 @@ def linear(
         activation: None or "gelu" (exact erf GELU, as nn.GELU()).
         residual: (..., N) in any of x's supported dtypes (e.g. the fp32 residual stream with bf16 x), or None;
             added in fp32 after the activation.
+        kind: which DeiT layer this is, for the policy: "qkv", "proj", "fc1" or "fc2". Default: "fc1" with a GELU,
+            "fc2" with a residual, else "qkv".
 
     Returns:
         out (..., N), accumulated in fp32, in x's dtype, or with a residual in torch.promote_types(x.dtype,
         residual.dtype) as `F.linear(x, weight, bias) + residual` would be. Differentiable in x, weight, bias and
         residual, each grad in its input's dtype.
     """
+    if kind is None:
+        kind = "fc1" if activation == "gelu" else "fc2" if residual is not None else "qkv"
+    elif kind not in OP_KINDS:
+        raise ValueError(f"{_OP}: kind must be None or one of {OP_KINDS}, got {kind!r}")
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad)
+    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, bias, residual, activation, needs_grad, kind)
     return out

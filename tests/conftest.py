@@ -1,12 +1,15 @@
 """Test set-up shared by every test module.
 
 Triton kernels run on the CPU through the interpreter: `TRITON_INTERPRET=1` must be set before triton
-is imported anywhere, so it is set here, first thing, whenever no CUDA GPU is visible.
+is imported anywhere, so it is set here, first thing, whenever no CUDA GPU is visible. torch.compile's
+on-disk cache gets one directory per CPU vector ISA (see `inductor_cache_per_cpu_isa`): a cache shared
+with a run under another `ATEN_CPU_CAPABILITY` made compiled graphs return garbage.
 """
 
-from fastdeit._env import interpret_triton_without_gpu
+from fastdeit._env import inductor_cache_per_cpu_isa, interpret_triton_without_gpu
 
 interpret_triton_without_gpu()
+inductor_cache_per_cpu_isa()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

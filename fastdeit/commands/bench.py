@@ -5,6 +5,7 @@
     fastdeit bench --models b-dist --mode training --batch-size 256 --teacher regnety_160
     fastdeit bench --models ti-dist --mode training --teacher convnet_tiny --teacher-cache   live teacher vs cache
     fastdeit bench --kernels [--ops attention layer_norm] [--full]
+    fastdeit bench --compile-report [--arch sm_90|sm_80] [--csv PATH]   every kernel config built for a GPU, no GPU
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
 
@@ -76,6 +77,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     roofline.add_argument(
         "--gpu", choices=("h100", "h200", "a100"), default="h100", help="--roofline: the GPU's ceilings (default h100)"
     )
+    report = p.add_argument_group("compile report (no GPU needed; `python -m fastdeit.benchmarks.compile_report -h`)")
+    report.add_argument(
+        "--compile-report",
+        action="store_true",
+        help="build every Triton kernel at every shipped config for a GPU target and report registers, spills, "
+        "shared memory, occupancy, matrix instructions and ptxas warnings; exit 1 when one spills or fails. "
+        "Writes its table to --csv only when --csv is given",
+    )
+    report.add_argument("--arch", choices=("sm_90", "sm_80"), default="sm_90", help="its GPU target (default sm_90)")
     out = p.add_argument_group("results")
     out.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"results CSV (default {DEFAULT_CSV})")
     out.add_argument("--no-csv", action="store_true", help="print only, append no rows")
@@ -167,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
             for path in plot_results(args.csv, args.plot_dir):
                 print(f"wrote {path}")
         return 0
+    if args.compile_report:
+        from fastdeit.benchmarks import compile_report
+
+        report_args = compile_report.parse_args(["--arch", args.arch])
+        report_args.csv = None if args.csv is DEFAULT_CSV else args.csv  # the results CSV has other columns
+        report_args.batch_size = args.batch_size or report_args.batch_size
+        return compile_report.run_from_args(report_args)
     if args.kernels:
         from fastdeit.benchmarks.kernels import run_from_args
 

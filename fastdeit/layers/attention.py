@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import ops, prepare, use_triton
-from fastdeit.layers.linear import fused_linear
+from fastdeit.layers.backend import ops_for, prepare
 
 
 class Attention(nn.Module):
@@ -45,20 +43,11 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
         attn_dropout = self.attn_drop if self.training else 0.0
-        # The fused kernel has no dropout on the attention matrix (DeiT trains without it): fall back then.
-        triton = use_triton(self.backend, x) and attn_dropout == 0.0
-        if triton:
-            qkv = fused_linear(self.qkv, x, self.backend)  # under autocast: q, k, v in the autocast dtype
-            out = ops().attention_qkv(qkv, self.num_heads, scale=self.scale)
-        else:
-            qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
-            q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn_dropout, scale=self.scale)
-            out = out.transpose(1, 2).reshape(B, N, C)
-        backend = self.backend if triton else "torch"
+        ops = ops_for(self.backend, x, dropout=attn_dropout)
+        qkv = ops.linear(x, self.qkv.weight, self.qkv.bias, kind="qkv")  # under autocast: in the autocast dtype
+        out = ops.attention_qkv(qkv, self.num_heads, self.scale, dropout_p=attn_dropout)
         if self.proj_drop.p > 0.0 and self.training:
-            out = self.proj_drop(fused_linear(self.proj, out, backend))
+            out = self.proj_drop(ops.linear(out, self.proj.weight, self.proj.bias, kind="proj"))
             return out if residual is None else out + residual
-        return fused_linear(self.proj, out, backend, residual=residual)
+        return ops.linear(out, self.proj.weight, self.proj.bias, residual=residual, kind="proj")

@@ -39,34 +39,31 @@ class Block(nn.Module):
         super().__init__()
         if init_values is not None:
             raise ValueError("init_values (LayerScale) is not used by DeiT and is not supported")
-        self._assemble(
-            norm_layer(dim),
-            attn_layer(
-                dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop, proj_drop=proj_drop
-            ),
-            norm_layer(dim),
-            mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop),
-            drop_path,
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, attn_drop=attn_drop, proj_drop=proj_drop
         )
-
-    def _assemble(self, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module, drop_path: float) -> None:
-        self.norm1 = norm1
-        self.attn = attn
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = norm2
-        self.mlp = mlp
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
         self.drop_path2 = DropPath(drop_path)
         self.fused = all(isinstance(m, (LayerNorm, Attention, Mlp)) for m in (self.norm2, self.attn, self.mlp))
 
     @classmethod
     def from_modules(
-        cls, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module, drop_path: float = 0.0
+        cls, norm1: nn.Module, attn: Attention, norm2: nn.Module, mlp: nn.Module, drop_path: float = 0.0
     ) -> Block:
-        """A block around existing modules (used by `fastdeit.patch` to wrap another model's layers)."""
-        block = cls.__new__(cls)
-        nn.Module.__init__(block)
-        block._assemble(norm1, attn, norm2, mlp, drop_path)
-        return block
+        """A block around existing modules (used by `fastdeit.patch` to wrap another model's layers): the layer
+        factories timm's Block takes, each handing back one of the given modules."""
+        norms = iter((norm1, norm2))
+        return cls(
+            dim=attn.qkv.in_features,
+            num_heads=attn.num_heads,
+            drop_path=drop_path,
+            norm_layer=lambda dim: next(norms),
+            attn_layer=lambda *args, **kwargs: attn,
+            mlp_layer=lambda **kwargs: mlp,
+        )
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False, **kwargs: object

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastdeit.layers.backend import prepare
-from fastdeit.layers.linear import fused_linear
+from fastdeit.layers.backend import ops_for, prepare
 
 
 class Mlp(nn.Module):
@@ -42,8 +41,9 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.drop1(fused_linear(self.fc1, x, self.backend, activation="gelu"))
+        ops = ops_for(self.backend, x)
+        h = self.drop1(ops.linear(x, self.fc1.weight, self.fc1.bias, activation="gelu", kind="fc1"))
         if self.drop2.p > 0.0 and self.training:
-            out = self.drop2(fused_linear(self.fc2, h, self.backend))
+            out = self.drop2(ops.linear(h, self.fc2.weight, self.fc2.bias, kind="fc2"))
             return out if residual is None else out + residual
-        return fused_linear(self.fc2, h, self.backend, residual=residual)
+        return ops.linear(h, self.fc2.weight, self.fc2.bias, residual=residual, kind="fc2")

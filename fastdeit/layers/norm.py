@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fastdeit.layers.backend import autocast_dtype, ops, prepare, use_triton
+from fastdeit.layers.backend import ops_for, prepare
 
 
 class LayerNorm(nn.LayerNorm):
@@ -26,10 +25,4 @@ class LayerNorm(nn.LayerNorm):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if use_triton(self.backend, x):
-            out_dtype = autocast_dtype("layer_norm", x)
-            return ops().layer_norm(x, self.weight, self.bias, eps=self.eps, residual=residual, out_dtype=out_dtype)
-        if residual is None:
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        s = x + residual
-        return F.layer_norm(s, self.normalized_shape, self.weight, self.bias, self.eps), s
+        return ops_for(self.backend, x).layer_norm(x, self.weight, self.bias, self.eps, residual=residual)

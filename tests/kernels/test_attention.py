@@ -10,9 +10,11 @@ flash-attention kernel.
 
 from __future__ import annotations
 
+import fastdeit.kernels.attention as attention_module
 import pytest
 import torch
 import torch.nn.functional as F
+from fastdeit.kernels._utils import dot_precision, triton_dots_fit
 from fastdeit.kernels.attention import (
     attention,
     attention_bwd,
@@ -288,3 +290,37 @@ def test_gpu_fp32_follows_torch_matmul_precision(device, precision):
             assert (attention(q, k, v).double() - exact).abs().max() < 1e-5
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_triton_dots_fit_follows_torch_fp32_precision():
+    """IEEE fp32 dots on a GPU go to torch (Triton's FMA fallback spills); tf32, 16-bit and the interpreter stay."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert not triton_dots_fit(torch.float32, cuda)
+        assert triton_dots_fit(torch.bfloat16, cuda) and triton_dots_fit(torch.float16, cuda)
+        assert triton_dots_fit(torch.float32, cpu) and dot_precision(torch.float32) == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert triton_dots_fit(torch.float32, cuda) and dot_precision(torch.float32) == "tf32"
+        assert dot_precision(torch.bfloat16) == "ieee"  # 16-bit operands ignore it
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_sdpa_path_for_ieee_fp32(device, monkeypatch):
+    """Where `triton_dots_fit` says no (IEEE fp32 on a GPU), both ops run torch's SDPA: same results, same layouts,
+    same errors for bad input."""
+    monkeypatch.setattr(attention_module, "triton_dots_fit", lambda dtype, device: False)
+    q, k, v, d_out = (torch.randn(2, 2, 37, 32, device=device) for _ in range(4))
+    _check_attention(q, k, v, d_out)
+    qkv = torch.randn(2, 37, 3 * 64, device=device)
+    d_out = torch.randn(2, 37, 64, device=device)
+    got = _run(attention_qkv, [qkv], d_out, 2)
+    exact = _run(_timm_attention, [qkv.double()], d_out.double(), 2)
+    _assert_within_2x("out d_qkv", got, _run(_timm_attention, [qkv], d_out, 2), exact, torch.float32)
+    with pytest.raises(ValueError, match=r"head dim D = q.shape\[-1\] must be one of \(16, 32, 64, 128\), got 48"):
+        y = torch.randn(1, 2, 8, 48, device=device)
+        attention(y, y, y)
+    with pytest.raises(ValueError, match=r"divisible by 3 \* num_heads = 6, got 100"):
+        attention_qkv(torch.randn(1, 8, 100, device=device), 2)

@@ -6,7 +6,6 @@ stored in (with a residual in another dtype, out and dresidual are not in the co
 IEEE fp32 (no tf32) on the GPU and exact fp32 under the interpreter, so fp32 is held to the same rule.
 """
 
-import fastdeit.kernels.linear as linear_module
 import pytest
 import torch
 from fastdeit.kernels.linear import (
@@ -16,6 +15,7 @@ from fastdeit.kernels.linear import (
     linear,
     linear_ref,
 )
+from fastdeit.kernels.linear_policy import forced_path
 
 from tests.helpers import (
     FLOAT_DTYPES,
@@ -25,10 +25,10 @@ from tests.helpers import (
 
 
 @pytest.fixture(params=["triton", "cublas"])
-def path(request, monkeypatch):
+def path(request):
     """Run the test once through the fused Triton matmul and once through addmm + the Triton epilogue kernel."""
-    monkeypatch.setattr(linear_module, "_use_triton_matmul", lambda M, N, K, dtype: request.param == "triton")
-    return request.param
+    with forced_path(request.param):
+        yield request.param
 
 
 def _run(fn, inputs: dict, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -125,13 +125,13 @@ def test_grad_only_to_residual(device):
 
 def test_pre_saved_only_when_needed(device):
     x, weight = torch.randn(5, 32, device=device), torch.randn(40, 32, device=device)
-    _out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False)
+    _out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False, "fc1")
     assert pre.numel() == 0
-    out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", True)
+    out, pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", True, "fc1")
     torch.testing.assert_close(pre, x @ weight.t())
     torch.testing.assert_close(out, torch.nn.functional.gelu(pre))
     x.requires_grad_()
-    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False)
+    out, _pre = torch.ops.fastdeit.linear_fwd(x, weight, None, None, "gelu", False, "fc1")
     with pytest.raises(RuntimeError, match="save_pre=True"):
         out.sum().backward()
 
@@ -191,6 +191,8 @@ def test_errors(device):
         linear(x, weight, bias, activation="relu")
     with pytest.raises(ValueError, match="weight must be 2-D"):
         linear(x, bias, bias)
+    with pytest.raises(ValueError, match=r"kind must be None or one of \('qkv', 'proj', 'fc1', 'fc2'\), got 'mlp'"):
+        linear(x, weight, bias, kind="mlp")
     out = torch.empty(4, 6, device=device)
     with pytest.raises(ValueError, match=r"out must have shape \(4, 6\), got \(6, 4\)"):
         launch_linear_fwd(x, weight, bias, None, None, out.t(), None)
@@ -209,16 +211,16 @@ def test_errors(device):
             linear(x, weight.cpu(), bias)
 
 
-def test_opcheck(device):
+def test_opcheck(device, path):
     x = torch.randn(2, 5, 40, device=device, requires_grad=True)
     weight = torch.randn(24, 40, device=device, requires_grad=True)
     bias = torch.randn(24, device=device, requires_grad=True)
     residual = torch.randn(2, 5, 24, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, bias, residual, "gelu", True))
-    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, None, None, None, False))
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, bias, residual, "gelu", True, "fc1"))
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (x, weight, None, None, None, False, "qkv"))
     # Mixed dtypes: fp16 compute with an fp32 residual; the fake impl must give out fp32 and pre fp16.
     half = [t.detach().half().requires_grad_() for t in (x, weight, bias)]
-    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (*half, residual, "gelu", True))
+    torch.library.opcheck(torch.ops.fastdeit.linear_fwd.default, (*half, residual, "gelu", True, "fc2"))
     # The GELU backward op has no autograd formula of its own (no double backward): plain tensors.
     dout, pre = torch.randn(2, 5, 24, device=device), torch.randn(2, 5, 24, device=device)
     torch.library.opcheck(torch.ops.fastdeit.linear_gelu_bwd.default, (dout, pre))

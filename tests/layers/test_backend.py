@@ -1,0 +1,60 @@
+"""Tests for fastdeit/layers/backend.py: `ops_for` is the one backend decision, its two namespaces share signatures,
+and each layer names its kind (qkv, proj, fc1, fc2) to the linear op, whose path follows the policy for that kind."""
+
+import copy
+import inspect
+
+import fastdeit.kernels.linear as linear_module
+import pytest
+import torch
+
+from fastdeit.layers import Attention, Mlp
+from fastdeit.layers.backend import FusedOps, TorchOps, ops_for, prepare
+
+C, HEADS = 64, 2
+
+
+def test_layers_name_their_kind_and_the_op_takes_the_tables_path(monkeypatch):
+    table = {"qkv": "cublas", "proj": "triton", "fc1": "cublas", "fc2": "triton"}
+    asked, launched = [], []
+
+    def path_for(kind: str, dtype: torch.dtype, rows: int, device: torch.device) -> str:
+        asked.append((kind, rows))
+        return table[kind]
+
+    def spy(name: str, launcher):
+        return lambda *args: (launched.append(name), launcher(*args))[1]
+
+    monkeypatch.setattr(linear_module, "path_for", path_for)
+    monkeypatch.setattr(linear_module, "_launch_linear_fwd", spy("fused", linear_module._launch_linear_fwd))
+    monkeypatch.setattr(
+        linear_module, "_launch_linear_epilogue", spy("epilogue", linear_module._launch_linear_epilogue)
+    )
+    attn, mlp = Attention(C, num_heads=HEADS, qkv_bias=True, backend="triton"), Mlp(C, 4 * C, backend="triton")
+    attn_torch, mlp_torch = copy.deepcopy(attn), copy.deepcopy(mlp)
+    attn_torch.backend = mlp_torch.backend = "torch"
+    x = torch.randn(2, 10, C)
+    out = mlp(attn(x), residual=x)
+    rows = 2 * 10
+    assert asked == [("qkv", rows), ("proj", rows), ("fc1", rows), ("fc2", rows)]
+    # qkv on cuBLAS needs no epilogue (bias only); fc1 on cuBLAS runs the GELU epilogue kernel after addmm.
+    assert launched == ["fused", "epilogue", "fused"]
+    expected = mlp_torch(attn_torch(x), residual=x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_ops_namespaces_share_signatures():
+    for name in ("layer_norm", "linear", "attention_qkv"):
+        assert inspect.signature(getattr(TorchOps, name)) == inspect.signature(getattr(FusedOps, name)), name
+
+
+def test_ops_for_is_the_backend_decision():
+    prepare("triton")
+    x = torch.randn(2, 3)
+    assert ops_for("torch", x) is TorchOps and ops_for("auto", x) is TorchOps  # auto: fused only on CUDA
+    assert ops_for("triton", x) is FusedOps  # the CPU under TRITON_INTERPRET=1 (tests/conftest.py)
+    assert ops_for("triton", x, dropout=0.1) is TorchOps  # the fused attention has no dropout
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors .* got a tensor on meta"):
+        ops_for("triton", x.to("meta"))
+    with pytest.raises(ValueError, match="the fused attention has no dropout"):
+        FusedOps.attention_qkv(torch.randn(1, 4, 96), 2, 0.25, dropout_p=0.1)
