@@ -80,9 +80,9 @@ def test_bench_backs_off_when_a_measured_step_runs_out_of_memory(monkeypatch):
     real_step = bench.StepRunner.step
     tried: list[int] = []
 
-    def step(self, batch: int):
+    def step(self, batch: int, cached: bool = False):
         tried.append(batch)
-        run = real_step(self, batch)
+        run = real_step(self, batch, cached)
         if batch > 5:
             raise torch.OutOfMemoryError(f"CUDA out of memory (batch {batch})")
         return run
@@ -94,5 +94,7 @@ def test_bench_backs_off_when_a_measured_step_runs_out_of_memory(monkeypatch):
         min_time=0.0, csv=None,
     )  # fmt: skip
     benchmark = bench.ModelBenchmark(cfg)
-    measurement = benchmark._measure(PROVIDERS["fastdeit-torch"], benchmark._spec("deit_tiny_patch16_224", "inference"))
+    (measurement,) = benchmark._measure(
+        PROVIDERS["fastdeit-torch"], benchmark._spec("deit_tiny_patch16_224", "inference")
+    )
     assert tried == [8, 6, 4] and measurement.batch == 4 and measurement.img_per_s > 0

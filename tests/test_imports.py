@@ -201,9 +201,10 @@ def test_no_import_cycles():
 
 
 # Which fastdeit modules each inner package may import besides its own: the layers of the house, bottom up. The
-# package root (`import fastdeit`) is the public face for users; nothing inside the library imports it.
+# package root (`import fastdeit`) is the public face for users; nothing inside the library imports it. fastdeit._env
+# (machine facts: GPU, interpreter, cache folders) imports no fastdeit module, so any layer may use it.
 ALLOWED_BELOW = {
-    "fastdeit.layers": ("fastdeit.ops", "fastdeit.kernels"),
+    "fastdeit.layers": ("fastdeit.ops", "fastdeit.kernels", "fastdeit._env"),
     "fastdeit.models": ("fastdeit.layers", "fastdeit.constants", "fastdeit.io", "fastdeit._version"),
     "fastdeit.training": ("fastdeit.models", "fastdeit.data", "fastdeit.losses", "fastdeit.io", "fastdeit.constants"),
 }
