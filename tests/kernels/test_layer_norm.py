@@ -235,16 +235,18 @@ def test_torch_compile_fullgraph(device):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("with_residual", [False, True])
-def test_deit_base_bf16(with_residual):
-    """DeiT-B rows (256 images x 198 tokens x 768) in bf16, forward and backward, against the fp32 reference."""
+def test_deit_base(with_residual, dtype):
+    """DeiT-B rows (256 images x 198 tokens x 768) in bf16 and fp16, forward and backward, against the fp32
+    reference."""
     shape, C, device = (256, 198, 768), 768, "cuda"
-    x = torch.randn(shape, dtype=torch.bfloat16, device=device)
-    weight = (1 + 0.5 * torch.randn(C, device=device)).bfloat16()
-    bias = torch.randn(C, dtype=torch.bfloat16, device=device)
-    residual = torch.randn(shape, dtype=torch.bfloat16, device=device) if with_residual else None
+    x = torch.randn(shape, dtype=dtype, device=device)
+    weight = (1 + 0.5 * torch.randn(C, device=device)).to(dtype)
+    bias = torch.randn(C, dtype=dtype, device=device)
+    residual = torch.randn(shape, dtype=dtype, device=device) if with_residual else None
     inputs = dict(x=x, weight=weight, bias=bias, residual=residual)
-    grads = [torch.randn(shape, dtype=torch.bfloat16, device=device) for _ in range(1 + with_residual)]
+    grads = [torch.randn(shape, dtype=dtype, device=device) for _ in range(1 + with_residual)]
     ours, dours = _run(lambda **kw: layer_norm(eps=EPS, **kw), inputs, grads)
     same, dsame = _run(lambda **kw: layer_norm_ref(eps=EPS, **kw), inputs, grads)
     fp32_inputs = {k: None if v is None else v.float() for k, v in inputs.items()}

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 
+import fastdeit
 from tests.conftest import DEVICE
 from tests.helpers import assert_rel_within_2x, small_model
 
@@ -86,13 +87,19 @@ def _run_amp(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None)
 
 # Under autocast both backends run every linear (and attention) in the low precision, the fused kernels adding the
 # residual and the bias to the fp32 accumulator instead of to rounded results; judged by the same rule.
-def _check_amp_matches_torch(device: str, dtype: torch.dtype) -> None:
+def _check_amp_matches_torch(device: str, dtype: torch.dtype, name: str | None = None) -> None:
+    """`small_model` (training mode), or the full-size model `name` (eval mode: a distilled one averages its heads)."""
     torch.manual_seed(0)
-    ref = small_model(distilled=False, backend="torch").to(device).train()
-    model = small_model(distilled=False, backend="triton").to(device).train()
+    if name is None:
+        ref = small_model(distilled=False, backend="torch").to(device).train()
+        model = small_model(distilled=False, backend="triton").to(device).train()
+    else:
+        ref = fastdeit.create_model(name, backend="torch").to(device).eval()
+        model = fastdeit.create_model(name, backend="triton").to(device).eval()
     model.load_state_dict(ref.state_dict())
     exact_model = copy.deepcopy(ref).double()
-    x = torch.randn(2, 3, 32, 32, device=device)
+    size = ref.config.img_size
+    x = torch.randn(2, 3, *size, device=device)
     out, dtypes, grads = _run_amp(model, x, dtype)
     ref_out, ref_dtypes, ref_grads = _run_amp(ref, x, dtype)
     exact_out, _, exact_grads = _run_amp(exact_model, x.double(), None)
@@ -115,3 +122,12 @@ def test_triton_model_under_autocast_matches_torch():
 def test_triton_model_under_bf16_autocast_matches_torch():
     """bf16 autocast on CUDA, where torch's autocast also runs layer_norm in fp32."""
     _check_amp_matches_torch("cuda", torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["deit_tiny_distilled_patch16_224", "deit_base_distilled_patch16_224"])
+def test_full_size_triton_model_matches_torch(name, dtype):
+    """DeiT-Ti and DeiT-B at 224 (198 tokens, every kernel at its real width) under autocast, forward and every
+    parameter's gradient, triton vs torch backend, both judged against the fp64 model."""
+    _check_amp_matches_torch("cuda", dtype, name)
