@@ -47,7 +47,7 @@ from tqdm import tqdm
 from fastdeit.batch_size import BatchSizeCache, default_cache_path, free_memory, is_oom
 from fastdeit.checkpoint import from_pretrained, load_checkpoint
 from fastdeit.constants import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
-from fastdeit.data import DataWarning, build_predict_loader, dali_available
+from fastdeit.data import DataWarning, LoaderConfig, build_predict_loader, dali_available
 from fastdeit.data.common import describe_files
 from fastdeit.data.folder import IMG_EXTENSIONS
 from fastdeit.data.loader import ImageFileLoader
@@ -579,15 +579,14 @@ class Predictor:
         # DALI decodes on the model's GPU (nvJPEG, "mixed") and hands over CUDA tensors; PIL decodes on the CPU, and
         # its batches travel through pinned memory in _forward.
         on_gpu = use_dali and self.device.type == "cuda"
-        loader = build_predict_loader(
-            files,
+        config = LoaderConfig(
             img_size=self.img_size,
             batch_size=batch,
-            device=self.device if on_gpu else "cpu",
             crop_pct=self.crop_pct,
             num_threads=self.num_threads,
             backend=self.decoder,
         )
+        loader = build_predict_loader(files, config, device=self.device if on_gpu else "cpu")
         if not use_dali:
             why = "decoder='pil'" if self.decoder == "pil" else "DALI is not importable"
             return loader, f"PIL on the CPU ({why})"
