@@ -18,12 +18,11 @@ not depend on them, so changing them changes how the same draws are used, not th
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from fastdeit.data.common import DataConfigError, check_non_negative_int
+from fastdeit.data.common import DataConfigError, check_non_negative_int, check_probability, is_number
 
 DEIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"  # DeiT's RandAugment policy, in timm's syntax
 CROP_SCALE = (0.08, 1.0)  # DeiT's default area range; loaders take others (`crop_scale`)
@@ -75,12 +74,11 @@ class RandAugmentConfig:
 
     def __post_init__(self) -> None:
         check_non_negative_int("RandAugmentConfig.num_ops", self.num_ops)
-        if not (_is_number(self.magnitude) and 0.0 <= self.magnitude <= _MAX_LEVEL):
+        if not (is_number(self.magnitude) and 0.0 <= self.magnitude <= _MAX_LEVEL):
             raise DataConfigError("RandAugmentConfig.magnitude", "a number in [0, 10]", self.magnitude)
-        if not (_is_number(self.magnitude_std) and self.magnitude_std >= 0.0):
+        if not (is_number(self.magnitude_std) and self.magnitude_std >= 0.0):
             raise DataConfigError("RandAugmentConfig.magnitude_std", "a number >= 0", self.magnitude_std)
-        if not (_is_number(self.prob) and 0.0 <= self.prob <= 1.0):
-            raise DataConfigError("RandAugmentConfig.prob", "a probability in [0, 1]", self.prob)
+        check_probability("RandAugmentConfig.prob", self.prob)
 
     @classmethod
     def from_timm(cls, spec: str) -> RandAugmentConfig:
@@ -152,10 +150,6 @@ class TrainAugParams:
     ra_params: np.ndarray
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # True is not a scale
-
-
 def check_crop_scale(crop_scale: tuple[float, float]) -> tuple[float, float]:
     """`crop_scale` as a (lo, hi) pair of floats; DataConfigError unless 0 < lo <= hi <= 1."""
     expected = "two numbers (lo, hi) with 0 < lo <= hi <= 1 (fractions of the image area)"
@@ -163,16 +157,9 @@ def check_crop_scale(crop_scale: tuple[float, float]) -> tuple[float, float]:
         lo, hi = crop_scale
     except (TypeError, ValueError):
         raise DataConfigError("crop_scale", expected, crop_scale) from None
-    if not (_is_number(lo) and _is_number(hi) and 0.0 < lo <= hi <= 1.0):  # the comparisons also reject NaN
+    if not (is_number(lo) and is_number(hi) and 0.0 < lo <= hi <= 1.0):  # the comparisons also reject NaN
         raise DataConfigError("crop_scale", expected, crop_scale)
     return float(lo), float(hi)
-
-
-def check_hflip(hflip: float) -> float:
-    """`hflip` as a float; DataConfigError unless it is a probability in [0, 1]."""
-    if not (_is_number(hflip) and 0.0 <= hflip <= 1.0):
-        raise DataConfigError("hflip", "a probability in [0, 1] (of mirroring each train image)", hflip)
-    return float(hflip)
 
 
 def _op_argument(name: str, level: float, negate: bool, img_size: int) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import struct
 from collections.abc import Sequence
 
@@ -57,6 +58,11 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)  # True is not a count
 
 
+def is_number(value: object) -> bool:
+    """A real number, not a bool (True is not a scale or a probability)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_positive_int(name: str, value: object) -> int:
     if not _is_int(value) or value <= 0:
         raise DataConfigError(name, "a positive integer", value)
@@ -67,6 +73,12 @@ def check_non_negative_int(name: str, value: object) -> int:
     if not _is_int(value) or value < 0:
         raise DataConfigError(name, "a non-negative integer", value)
     return int(value)
+
+
+def check_probability(name: str, value: object) -> float:
+    if not (is_number(value) and 0.0 <= value <= 1.0):  # the comparison also rejects NaN
+        raise DataConfigError(name, "a probability in [0, 1]", value)
+    return float(value)
 
 
 def check_rank(rank: object, world_size: object) -> tuple[int, int]:

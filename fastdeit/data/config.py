@@ -12,7 +12,6 @@ run (device, rank, world size) is not a setting: the builders take it next to th
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,9 +23,14 @@ from fastdeit.data.augment import (
     HFLIP,
     RandAugmentConfig,
     check_crop_scale,
-    check_hflip,
 )
-from fastdeit.data.common import DataConfigError, check_non_negative_int, check_positive_int
+from fastdeit.data.common import (
+    DataConfigError,
+    check_non_negative_int,
+    check_positive_int,
+    check_probability,
+    is_number,
+)
 
 Backend = Literal["auto", "dali", "pil"]
 BACKENDS: tuple[str, ...] = ("auto", "dali", "pil")
@@ -86,14 +90,14 @@ class LoaderConfig:
         store("seed", check_non_negative_int("seed", self.seed))
         store("rand_augment", RandAugmentConfig.parse(self.rand_augment))
         store("crop_scale", check_crop_scale(self.crop_scale))
-        store("hflip", check_hflip(self.hflip))
+        store("hflip", check_probability("hflip", self.hflip))
         crop_pct = self.crop_pct
-        if not (isinstance(crop_pct, numbers.Real) and not isinstance(crop_pct, bool) and 0.0 < crop_pct <= 1.0):
+        if not (is_number(crop_pct) and 0.0 < crop_pct <= 1.0):
             raise DataConfigError(
                 "crop_pct", "a number in (0, 1] (the eval crop's share of the resized side)", crop_pct
             )
         store("crop_pct", float(crop_pct))
-        if self.exif_orientation not in (None, True, False):
+        if not (self.exif_orientation is None or isinstance(self.exif_orientation, bool)):
             raise DataConfigError("exif_orientation", "True, False or None (predict only)", self.exif_orientation)
         if self.backend not in BACKENDS:
             raise DataConfigError("backend", f"one of {', '.join(BACKENDS)}", self.backend)

@@ -29,6 +29,7 @@ from fastdeit.constants import DEFAULT_CROP_PCT
 from fastdeit.data.augment import CROP_SCALE, DEIT_RAND_AUGMENT, HFLIP
 from fastdeit.data.common import DataConfigError
 from fastdeit.data.config import LoaderConfig
+from fastdeit.data.mix import Mixup, RandomErasing
 from fastdeit.losses import DISTILLATION_TYPES
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -170,14 +171,30 @@ class TrainConfig:
                 f"data: {self.data!r} is not a directory; expected an ImageFolder root (root/train/<class>/..., "
                 "root/val/<class>/...), 'digits' or 'synthetic'"
             )
-        for split in ("train", "val"):  # the data settings, validated where the loaders validate them
+        # The data settings are checked by the code that uses them; here only which key a failing field is.
+        loader_keys = {"backend": "data_backend", "num_threads": "data_threads"}
+        data_checks: list[tuple[typing.Callable[[], object], dict[str, str]]] = [
+            (lambda: self.loader_config("train", distributed=True), loader_keys),
+            (lambda: self.loader_config("val"), {**loader_keys, "batch_size": "eval_batch_size"}),
+            (
+                lambda: Mixup.check_settings(
+                    self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, self.smoothing
+                ),
+                {
+                    "mixup_alpha": "mixup",
+                    "cutmix_alpha": "cutmix",
+                    "prob": "mixup_prob",
+                    "switch_prob": "mixup_switch_prob",
+                    "label_smoothing": "smoothing",
+                },
+            ),
+            (lambda: RandomErasing.check_settings(self.reprob), {"prob": "reprob"}),
+        ]
+        for validate, keys in data_checks:
             try:
-                self.loader_config(split, distributed=True)
+                validate()
             except DataConfigError as e:
-                key = {"backend": "data_backend", "num_threads": "data_threads"}.get(e.field, e.field)
-                if split == "val" and key == "batch_size":
-                    key = "eval_batch_size"
-                raise ConfigError(f"{key}: expected {e.expected}, got {e.value!r}") from None
+                raise ConfigError(f"{keys.get(e.field, e.field)}: expected {e.expected}, got {e.value!r}") from None
         choices = {
             "backend": MODEL_BACKENDS,
             "opt": OPTIMIZERS,
@@ -212,22 +229,14 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 fail(key, "a value > 0")
-        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup", "cutmix", "ckpt_interval"]:
+        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "ckpt_interval"]:
             if not getattr(self, key) >= 0:
                 fail(key, "a value >= 0")
-        unit = [
-            "mixup_prob",
-            "mixup_switch_prob",
-            "reprob",
-            "model_ema_decay",
-            "distillation_alpha",
-        ]
-        for key in unit:
+        for key in ["model_ema_decay", "distillation_alpha"]:
             if not 0 <= getattr(self, key) <= 1:
                 fail(key, "a value in [0, 1]")
-        for key in ["drop_path", "smoothing"]:
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "a value in [0, 1)")
+        if not 0 <= self.drop_path < 1:
+            fail("drop_path", "a value in [0, 1)")
         if not all(0 <= b < 1 for b in self.opt_betas):
             fail("opt_betas", "two values in [0, 1)")
         if self.distillation_type != "none" and not self.teacher_path:

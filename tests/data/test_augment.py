@@ -11,11 +11,10 @@ from fastdeit.data.augment import (
     SKIP_OP,
     RandAugmentConfig,
     check_crop_scale,
-    check_hflip,
     crop_window,
     sample_train_params,
 )
-from fastdeit.data.common import DataConfigError
+from fastdeit.data.common import DataConfigError, check_probability
 
 
 @pytest.mark.parametrize("scale", [CROP_SCALE, (0.35, 1.0), (0.25, 0.25)])
@@ -84,13 +83,13 @@ def test_hflip_probability_changes_only_the_flips():
 
 
 def test_crop_scale_and_hflip_are_validated():
-    assert check_crop_scale([0.35, 1]) == (0.35, 1.0) and check_hflip(1) == 1.0
+    assert check_crop_scale([0.35, 1]) == (0.35, 1.0) and check_probability("hflip", 1) == 1.0
     for bad in [(0.0, 1.0), (0.5, 0.2), (0.1, 1.5), (float("nan"), 1.0), (0.5,), "0.5", 0.5, (True, 1.0)]:
         with pytest.raises(DataConfigError, match="crop_scale: expected two numbers \\(lo, hi\\) with 0 < lo <= hi"):
             check_crop_scale(bad)
     for bad in [-0.1, 1.5, float("nan"), "0.5", None]:
         with pytest.raises(DataConfigError, match="hflip: expected a probability in \\[0, 1\\]"):
-            check_hflip(bad)
+            check_probability("hflip", bad)
 
 
 def test_rand_augment_config_from_timm():
