@@ -4,6 +4,7 @@
     fastdeit bench --models ti b-dist --mode inference --dtype fp32
     fastdeit bench --models b-dist --mode training --batch-size 256 --teacher regnety_160
     fastdeit bench --kernels [--ops attention layer_norm] [--full]
+    fastdeit bench --data [--data-dir DIR] [--data-threads 2]   input pipeline img/s per decoder (DALI, PIL, timm)
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
 
@@ -62,6 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     kernels.add_argument("--ops", nargs="+", metavar="OP", help="ops (default all)")
     kernels.add_argument("--directions", nargs="+", metavar="DIR", help="fwd bwd fwd+bwd (default all)")
     kernels.add_argument("--full", action="store_true", help="the whole DeiT shape grid, not the quick set")
+    data = p.add_argument_group("input pipeline throughput (fastdeit.benchmarks.data)")
+    data.add_argument("--data", action="store_true", help="measure the data loaders (img/s per decoder) instead")
+    data.add_argument("--data-dir", type=Path, help="ImageFolder to read (default: 512 generated ImageNet-like photos)")
+    data.add_argument("--data-threads", type=int, help="decoding threads (default: the CPU count, at most 8)")
+    data.add_argument("--rand-augment", help="train RandAugment, timm syntax, or none (default DeiT's)")
     out = p.add_argument_group("results")
     out.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"results CSV (default {DEFAULT_CSV})")
     out.add_argument("--no-csv", action="store_true", help="print only, append no rows")
@@ -144,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.kernels:
         from fastdeit.benchmarks.kernels import run_from_args
+
+        return run_from_args(args)
+    if args.data:
+        from fastdeit.benchmarks.data import run_from_args
 
         return run_from_args(args)
     return _run_models(args)
