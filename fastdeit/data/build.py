@@ -1,12 +1,16 @@
 """Building loaders: a source (ImageFolder, "digits" or "synthetic") and a LoaderConfig -> a loader and what it reads.
 
-The decoder behind `backend="auto"` is the faster one for the loader's device, as `fastdeit bench --data` measures
-the train pipeline (RandAugment on, 224 px, real photos at ImageNet-like sizes):
-    CUDA device: DALI, decoding and augmenting on the GPU (nvJPEG);
-    CPU device: PIL. On 2 threads of an AMD EPYC CPU, fastdeit's PIL loader made 409 train img/s where DALI's CPU
-        pipeline made 316 (-23%), and DALI needed 1.6 s more to start (its pipeline build); on the eval transform
-        the two were within 5% of each other.
-Where DALI cannot be imported, PIL decodes (on a CUDA device with a DataWarning: it is the slower choice there).
+The decoder behind `backend="auto"` is the faster one for the loader's device and pipeline, as `fastdeit bench
+--data` measures them (224 px, batch 32, 512 ImageNet-like photos):
+    CUDA device: DALI, decoding and augmenting on the GPU (nvJPEG), which leaves the CPU to feed it; not measured
+        yet (on a GPU machine `fastdeit bench --data` adds the dali-gpu and timm rows).
+    CPU device, train pipeline: PIL. On 2 threads of an AMD EPYC CPU, with RandAugment, fastdeit's PIL loader made
+        421-431 img/s and DALI's CPU pipeline 299-312 (PIL 1.4x), and DALI started later (a whole process to its
+        first train batch: 4.5 s against 2.9 s).
+    CPU device, eval and predict pipelines: DALI: 527-528 img/s against PIL's 397-406 (DALI 1.3x).
+On a CPU busy with other processes the PIL thread pool loses more than DALI (train: ~130 against ~230 img/s at a
+load of 3-6 on those 2 cores): pass backend="dali" there. Where DALI cannot be imported PIL decodes, with a
+DataWarning when DALI was the choice.
 """
 
 from __future__ import annotations
