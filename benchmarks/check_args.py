@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from fastdeit.cli import build_parser
 
+from .data import check_data_providers
 from .kernels import OPS
 from .kernels import PROVIDERS as KERNEL_PROVIDERS
 from .models import resolve_models
@@ -27,5 +28,7 @@ def check_bench_args(argv: Sequence[str]) -> None:
             unknown = [n for n in given or () if n not in known]
             if unknown:
                 raise ValueError(f"unknown kernel {kind}(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
+    elif args.data:
+        check_data_providers(args.providers)
     elif args.providers:
         check_providers(args.providers)

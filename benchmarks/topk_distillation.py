@@ -48,9 +48,10 @@ def _teacher(spec: str, num_classes: int, img_size: int) -> tuple[nn.Module, str
 
 
 def _batches(data: str, img_size: int, batch_size: int, max_batches: int) -> Iterator[torch.Tensor]:
-    from fastdeit.data import PAD_LABEL, build_loader
+    from fastdeit.data import PAD_LABEL, LoaderConfig, build_loader
 
-    loader, _ = build_loader(data, split="val", img_size=img_size, batch_size=batch_size, backend="pil")
+    config = LoaderConfig(img_size=img_size, batch_size=batch_size, backend="pil")
+    loader, _ = build_loader(data, split="val", config=config)
     for i, (images, targets) in enumerate(loader):
         if i == max_batches:
             return

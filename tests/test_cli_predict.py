@@ -182,9 +182,9 @@ def test_wrong_output_extension(capsys, tmp_path, models, photos):
 
 def test_pil_fallback_is_said(capsys, monkeypatch, models, photos):
     """Where DALI cannot be imported, PIL decodes, and the output says so."""
-    import fastdeit.data
+    import fastdeit.data.build
 
-    monkeypatch.setattr(fastdeit.data, "_dali_import_error", lambda: "No module named 'nvidia.dali'")
+    monkeypatch.setattr(fastdeit.data.build, "_dali_import_error", lambda: "No module named 'nvidia.dali'")
     code, _, stderr = run(capsys, "predict", "--model", models[10], photos)
     assert code == 0
     assert "DALI is not importable (No module named 'nvidia.dali'); using the slower PIL fallback" in stderr

@@ -153,12 +153,13 @@ def test_files_dali_cpu_and_pil_agree(photos):
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_file_predictions_equal_tensor_predictions(photos, decoder):
     """A folder gives what the model gives on the loader's own batches."""
-    from fastdeit.data import build_predict_loader
+    from fastdeit.data import LoaderConfig, build_predict_loader
 
     model = tiny_model()
     predictor = fastdeit.Predictor(model, device="cpu", decoder=decoder)
     preds = predictor.predict(photos[0].parent, topk=3)
-    images = torch.cat([x for x, _ in build_predict_loader(photos, img_size=64, batch_size=4, backend=decoder)])
+    config = LoaderConfig(img_size=64, batch_size=4, backend=decoder)
+    images = torch.cat([x for x, _ in build_predict_loader(photos, config)])
     expected = predictor.predict(images, topk=3)
     assert torch.equal(preds.indices, expected.indices)
     torch.testing.assert_close(preds.probs, expected.probs)

@@ -72,11 +72,14 @@ def test_unknown_stage_is_refused(tmp_path):
 
 def test_check_bench_args():
     check_bench_args(["--mode", "inference", "--models", "b-dist", "--providers", "timm", "fastdeit-cudagraph"])
+    check_bench_args(["--data", "--providers", "pil", "dali-cpu"])
     check_bench_args(["--kernels", "--providers", "fastdeit", "sdpa-flash", "--ops", "attention"])
     with pytest.raises(ValueError, match="unknown kernel provider.*cudnn-fa3"):
         check_bench_args(["--kernels", "--providers", "cudnn-fa3"])
     with pytest.raises(ValueError, match="unknown kernel op.*softmax"):
         check_bench_args(["--kernels", "--ops", "softmax"])
+    with pytest.raises(ValueError, match="unknown data pipeline provider.*timm-compile"):
+        check_bench_args(["--data", "--providers", "timm-compile"])
     with pytest.raises(ValueError, match="unknown model 'b-dsit'"):
         check_bench_args(["--models", "b-dsit"])
     with pytest.raises(SystemExit) as exc:

@@ -91,38 +91,15 @@ def main(config: TrainConfig) -> dict[str, float]:
 
     # ------------------------------------------------------------------------------------------- data
     # Batches depend only on (seed, epoch, rank, step): resuming mid-epoch replays nothing and skips nothing.
-    loader_args = dict(
-        img_size=config.img_size,
-        device=device,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=config.seed,
-        num_threads=config.data_threads,
-        backend=config.data_backend,
-    )
+    place = dict(device=device, rank=env.rank, world_size=env.world_size)
     with user_errors("data"):
-        train_loader, train_info = build_loader(
-            config.data,
-            split="train",
-            batch_size=config.batch_size,
-            repeated_aug=config.repeated_aug if env.distributed else 1,  # DeiT repeats only under DDP
-            rand_augment=config.rand_augment if config.rand_augment not in ("", "none") else False,
-            crop_scale=config.crop_scale,
-            hflip=config.hflip,
-            **loader_args,
-        )
-        val_loader, val_info = build_loader(
-            config.data,
-            split="val",
-            batch_size=config.eval_batch_size or int(1.5 * config.batch_size),
-            crop_pct=config.crop_pct,
-            **loader_args,
-        )
+        train_config = config.loader_config("train", distributed=env.distributed)
+        train_loader, train_info = build_loader(config.data, split="train", config=train_config, **place)
+        val_loader, val_info = build_loader(config.data, split="val", config=config.loader_config("val"), **place)
     num_classes = train_info.num_classes
-    backend = {"dali": "DALI", "pil": "PIL fallback (DALI not importable)"}.get(train_info.backend, train_info.backend)
     log(
         f"data {config.data}: {train_info.num_samples} train / {val_info.num_samples} val images, {num_classes} "
-        f"classes; loader backend: {backend}"
+        f"classes; decoders: {train_info.backend} (train), {val_info.backend} (val)"
     )
 
     # ------------------------------------------------------------------------------------------ model

@@ -6,6 +6,7 @@
     fastdeit bench --models ti-dist --mode training --teacher convnet_tiny --teacher-cache   live teacher vs cache
     fastdeit bench --kernels [--ops attention layer_norm] [--full]
     fastdeit bench --compile-report [--arch sm_90|sm_80] [--csv PATH]   every kernel config built for a GPU, no GPU
+    fastdeit bench --data [--data-dir DIR] [--data-threads 2]   input pipeline img/s per decoder (DALI, PIL, timm)
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
 
@@ -86,6 +87,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Writes its table to --csv only when --csv is given",
     )
     report.add_argument("--arch", choices=("sm_90", "sm_80"), default="sm_90", help="its GPU target (default sm_90)")
+    data = p.add_argument_group("input pipeline throughput (fastdeit.benchmarks.data)")
+    data.add_argument("--data", action="store_true", help="measure the data loaders (img/s per decoder) instead")
+    data.add_argument("--data-dir", type=Path, help="ImageFolder to read (default: 512 generated ImageNet-like photos)")
+    data.add_argument("--data-threads", type=int, help="decoding threads (default: the CPU count, at most 8)")
+    data.add_argument("--rand-augment", help="train RandAugment, timm syntax, or none (default DeiT's)")
     out = p.add_argument_group("results")
     out.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"results CSV (default {DEFAULT_CSV})")
     out.add_argument("--no-csv", action="store_true", help="print only, append no rows")
@@ -186,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
         return compile_report.run_from_args(report_args)
     if args.kernels:
         from fastdeit.benchmarks.kernels import run_from_args
+
+        return run_from_args(args)
+    if args.data:
+        from fastdeit.benchmarks.data import run_from_args
 
         return run_from_args(args)
     return _run_models(args)

@@ -18,11 +18,13 @@ not depend on them, so changing them changes how the same draws are used, not th
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from fastdeit.data.common import DataConfigError, check_non_negative_int, check_probability, is_number
+
+DEIT_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"  # DeiT's RandAugment policy, in timm's syntax
 CROP_SCALE = (0.08, 1.0)  # DeiT's default area range; loaders take others (`crop_scale`)
 HFLIP = 0.5  # DeiT's default flip probability; loaders take others (`hflip`)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -71,14 +73,12 @@ class RandAugmentConfig:
     prob: float = 0.5
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_ops, int) or self.num_ops < 0:
-            raise ValueError(f"RandAugmentConfig.num_ops must be a non-negative integer, got {self.num_ops!r}")
-        if not 0.0 <= self.magnitude <= _MAX_LEVEL:
-            raise ValueError(f"RandAugmentConfig.magnitude must be in [0, 10], got {self.magnitude!r}")
-        if not self.magnitude_std >= 0.0:
-            raise ValueError(f"RandAugmentConfig.magnitude_std must be >= 0, got {self.magnitude_std!r}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"RandAugmentConfig.prob must be in [0, 1], got {self.prob!r}")
+        check_non_negative_int("RandAugmentConfig.num_ops", self.num_ops)
+        if not (is_number(self.magnitude) and 0.0 <= self.magnitude <= _MAX_LEVEL):
+            raise DataConfigError("RandAugmentConfig.magnitude", "a number in [0, 10]", self.magnitude)
+        if not (is_number(self.magnitude_std) and self.magnitude_std >= 0.0):
+            raise DataConfigError("RandAugmentConfig.magnitude_std", "a number >= 0", self.magnitude_std)
+        check_probability("RandAugmentConfig.prob", self.prob)
 
     @classmethod
     def from_timm(cls, spec: str) -> RandAugmentConfig:
@@ -86,24 +86,49 @@ class RandAugmentConfig:
         parts = spec.split("-")
         if parts[0] != "rand":
             raise ValueError(f"RandAugment spec must start with 'rand-', got {spec!r}")
-        kwargs: dict[str, float | int] = {}
-        increasing = False
+        fields = {"mstd": "magnitude_std", "inc": "increasing", "m": "magnitude", "n": "num_ops", "p": "prob"}
+        values: dict[str, float] = {}
         for part in parts[1:]:
-            if part.startswith("mstd"):
-                kwargs["magnitude_std"] = float(part[4:])
-            elif part.startswith("inc"):
-                increasing = bool(int(part[3:]))
-            elif part.startswith("m"):
-                kwargs["magnitude"] = float(part[1:])
-            elif part.startswith("n"):
-                kwargs["num_ops"] = int(part[1:])
-            elif part.startswith("p"):
-                kwargs["prob"] = float(part[1:])
-            else:
+            key = next((k for k in fields if part.startswith(k)), None)  # "mstd" before "m"
+            if key is None:
                 raise ValueError(f"unsupported RandAugment option {part!r} in {spec!r} (known: m, n, mstd, p, inc)")
-        if not increasing:
+            try:
+                values[fields[key]] = float(part[len(key) :])
+            except ValueError:
+                raise ValueError(f"RandAugment option {part!r} in {spec!r} has no number") from None
+        if not values.pop("increasing", 0):
             raise ValueError(f"only the increasing op set is implemented: add '-inc1' to {spec!r}")
-        return cls(**kwargs)
+        if "num_ops" in values:
+            if not values["num_ops"].is_integer():
+                raise ValueError(f"the op count n in {spec!r} must be a whole number")
+            values["num_ops"] = int(values["num_ops"])
+        return cls(**values)
+
+    def to_timm(self) -> str:
+        """The timm spec string of these settings (from_timm's inverse): "rand-m9-n2-mstd0.5-inc1" for DeiT's."""
+        prob = "" if self.prob == 0.5 else f"-p{self.prob:g}"  # 0.5 is timm's default and only choice before 'p'
+        return f"rand-m{self.magnitude:g}-n{self.num_ops}-mstd{self.magnitude_std:g}{prob}-inc1"
+
+    @classmethod
+    def parse(cls, spec: RandAugmentConfig | str | bool | None) -> RandAugmentConfig | None:
+        """The RandAugment settings `spec` names; None for no RandAugment. Every loader setting goes through this.
+
+        `spec`: a RandAugmentConfig; a timm string ("rand-m9-mstd0.5-inc1"); True for DeiT's policy; "none", "",
+        False or None for none. Raises DataConfigError (field "rand_augment") naming what is wrong.
+        """
+        if spec is None or spec is False or (isinstance(spec, str) and spec.strip().lower() in ("", "none")):
+            return None
+        if spec is True:
+            return cls()
+        if isinstance(spec, RandAugmentConfig):
+            return spec
+        expected = "'none', a timm RandAugment spec such as 'rand-m9-mstd0.5-inc1', a bool or a RandAugmentConfig"
+        if not isinstance(spec, str):
+            raise DataConfigError("rand_augment", expected, spec)
+        try:
+            return cls.from_timm(spec)
+        except ValueError as err:
+            raise DataConfigError("rand_augment", f"{expected} ({err})", spec) from None
 
 
 @dataclass(frozen=True)
@@ -125,27 +150,16 @@ class TrainAugParams:
     ra_params: np.ndarray
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # True is not a scale
-
-
 def check_crop_scale(crop_scale: tuple[float, float]) -> tuple[float, float]:
-    """`crop_scale` as a (lo, hi) pair of floats; ValueError unless 0 < lo <= hi <= 1."""
-    expected = "crop_scale must be two numbers (lo, hi) with 0 < lo <= hi <= 1 (fractions of the image area)"
+    """`crop_scale` as a (lo, hi) pair of floats; DataConfigError unless 0 < lo <= hi <= 1."""
+    expected = "two numbers (lo, hi) with 0 < lo <= hi <= 1 (fractions of the image area)"
     try:
         lo, hi = crop_scale
     except (TypeError, ValueError):
-        raise ValueError(f"{expected}, got {crop_scale!r}") from None
-    if not (_is_number(lo) and _is_number(hi) and 0.0 < lo <= hi <= 1.0):  # the comparisons also reject NaN
-        raise ValueError(f"{expected}, got {crop_scale!r}")
+        raise DataConfigError("crop_scale", expected, crop_scale) from None
+    if not (is_number(lo) and is_number(hi) and 0.0 < lo <= hi <= 1.0):  # the comparisons also reject NaN
+        raise DataConfigError("crop_scale", expected, crop_scale)
     return float(lo), float(hi)
-
-
-def check_hflip(hflip: float) -> float:
-    """`hflip` as a float; ValueError unless it is a probability in [0, 1]."""
-    if not (_is_number(hflip) and 0.0 <= hflip <= 1.0):
-        raise ValueError(f"hflip must be a probability in [0, 1] (of mirroring each train image), got {hflip!r}")
-    return float(hflip)
 
 
 def _op_argument(name: str, level: float, negate: bool, img_size: int) -> tuple[float, float]:

@@ -1,7 +1,8 @@
-"""Small pieces shared by the data modules: constants, the warning category, seeding, argument checks."""
+"""Small pieces shared by the data modules: constants, the warning and error categories, seeding, argument checks."""
 
 from __future__ import annotations
 
+import numbers
 import struct
 from collections.abc import Sequence
 
@@ -15,6 +16,14 @@ PAD_LABEL = -1
 
 class DataWarning(UserWarning):
     """Files were skipped or replaced, or a slower fallback is in use."""
+
+
+class DataConfigError(ValueError):
+    """A data setting is invalid: `field` names it, `expected` says what it must be, `value` is what was given."""
+
+    def __init__(self, field: str, expected: str, value: object) -> None:
+        self.field, self.expected, self.value = field, expected, value
+        super().__init__(f"{field}: expected {expected}, got {value!r}")
 
 
 def describe_files(items: Sequence[tuple[str, str]], limit: int = 10) -> str:
@@ -45,14 +54,35 @@ def blank_bmp(size: int = 8) -> bytes:
     return header + info + pixels
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)  # True is not a count
+
+
+def is_number(value: object) -> bool:
+    """A real number, not a bool (True is not a scale or a probability)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not _is_int(value) or value <= 0:
+        raise DataConfigError(name, "a positive integer", value)
     return int(value)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    if not _is_int(value) or value < 0:
+        raise DataConfigError(name, "a non-negative integer", value)
+    return int(value)
+
+
+def check_probability(name: str, value: object) -> float:
+    if not (is_number(value) and 0.0 <= value <= 1.0):  # the comparison also rejects NaN
+        raise DataConfigError(name, "a probability in [0, 1]", value)
+    return float(value)
 
 
 def check_rank(rank: object, world_size: object) -> tuple[int, int]:
     world_size = check_positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+    if not _is_int(rank) or not 0 <= rank < world_size:
+        raise DataConfigError("rank", f"an integer in [0, world_size={world_size})", rank)
     return int(rank), world_size

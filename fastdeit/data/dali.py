@@ -21,6 +21,11 @@ leaves a 1-pixel border unfiltered.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -249,6 +254,39 @@ def _probe_pipeline(source: Callable[[], tuple], *, on_gpu: bool, exif_orientati
     return _decode(encoded, on_gpu, exif_orientation), fn.peek_image_shape(encoded, adjust_orientation=exif_orientation)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[Callable[[], str]]:
+    """Capture what native code writes to file descriptor 2 (DALI's decoders log there, without the file name).
+
+    Yields a function returning the text captured so far, without color codes and "[ERROR]" tags.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+
+            def text() -> str:
+                tmp.seek(0)
+                lines = _ANSI.sub("", tmp.read().decode(errors="replace")).replace("[ERROR] ", "").splitlines()
+                return "; ".join(dict.fromkeys(line.strip() for line in lines if line.strip()))
+
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _decode_error(err: Exception, logged: str) -> str:
+    """Why DALI could not decode a file, from its exception and the lines its decoder logged."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "failure" in line or "rror:" in line), lines[-1] if lines else "")
+    return f"DALI could not decode it: {logged or detail}"
+
+
 def _single(data: np.ndarray) -> Callable[[], tuple]:
     # No default-argument lambda: DALI passes an argument to callbacks whose signature accepts one.
     return lambda: ([data],)
@@ -286,7 +324,7 @@ class _Feeder:
 class DaliLoader(ImageFileLoader):
     """ImageFileLoader decoding with DALI; see ImageFileLoader for the arguments and what it yields.
 
-    `num_threads` are DALI's worker threads and `prefetch` its prefetch queue depth.
+    The config's `num_threads` are DALI's worker threads and `prefetch` its prefetch queue depth.
     """
 
     backend = "dali"
@@ -305,20 +343,21 @@ class DaliLoader(ImageFileLoader):
         self._generation = 0
 
     def _build(self) -> Pipeline:
+        cfg = self.config
         kwargs = dict(
             source=self._feeder,
             on_gpu=self._on_gpu,
             exif_orientation=self.exif_orientation,
-            img_size=self.img_size,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
+            img_size=cfg.img_size,
+            batch_size=cfg.batch_size,
+            num_threads=cfg.num_threads,
             device_id=self._device_id,
-            prefetch_queue_depth=self.prefetch,
+            prefetch_queue_depth=cfg.prefetch,
         )
         if self.mode == "train":
-            pipe = train_pipeline(crop_scale=self.crop_scale, num_ops=self._num_ops, **kwargs)
+            pipe = train_pipeline(crop_scale=cfg.crop_scale, num_ops=self._num_ops, **kwargs)
         else:
-            pipe = eval_pipeline(crop_pct=self.crop_pct, **kwargs)
+            pipe = eval_pipeline(crop_pct=cfg.crop_pct, **kwargs)
         pipe.build()
         self._needs_reset = False
         return pipe
@@ -337,15 +376,15 @@ class DaliLoader(ImageFileLoader):
         self._feeder.in_flight.clear()
         self._needs_reset = False
 
-    def _undecodable(self, batches: list[ReadyBatch]) -> list[int]:
-        """Decode each file of `batches` alone, as the pipeline does; the indices of those that fail."""
+    def _undecodable(self, batches: list[ReadyBatch]) -> dict[int, str]:
+        """Decode each file of `batches` alone, as the pipeline does; the indices of those that fail, with why."""
         pending = {
             f: data
             for batch in batches
             for f, data in zip(batch.files.tolist(), batch.encoded, strict=True)
             if f >= 0 and f not in self._bad
         }
-        failed = []
+        failed = {}
         for f, data in pending.items():
             probe = _probe_pipeline(
                 source=_single(data),
@@ -354,10 +393,11 @@ class DaliLoader(ImageFileLoader):
                 device_id=self._device_id,
             )
             probe.build()
-            try:
-                probe.run()
-            except Exception:
-                failed.append(f)
+            with _native_stderr() as logged:
+                try:
+                    probe.run()
+                except Exception as err:
+                    failed[f] = _decode_error(err, logged())
         return failed
 
     def _to_torch(self, images: TensorListCPU | TensorListGPU, ready: ReadyBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,7 +414,7 @@ class DaliLoader(ImageFileLoader):
         generation = self._generation
         if self._pipe is not None and self._needs_reset:
             self._drain()
-        with ThreadPoolExecutor(max_workers=self.read_threads, thread_name_prefix="fastdeit-read") as pool:
+        with ThreadPoolExecutor(max_workers=self.config.read_threads, thread_name_prefix="fastdeit-read") as pool:
             stream = self._stream(pool)
             self._feeder.stream = stream
             self._feeder.error = None
@@ -397,8 +437,10 @@ class DaliLoader(ImageFileLoader):
                         failed = self._undecodable(in_flight)
                         if not failed:
                             raise
-                        for f in failed:
-                            self._mark_bad(f, "the decoder rejected it")
+                        for f, why in failed.items():
+                            self._mark_bad(f, why)
+                        # Now, not at the end of the epoch: DALI has just logged errors that name no file.
+                        self._report_bad()
                         self._feeder.in_flight.clear()
                         stream.redo(in_flight)
                         self._pipe = None  # DALI pipelines cannot run again after an error

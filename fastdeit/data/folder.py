@@ -1,9 +1,11 @@
 """Scanning an ImageFolder tree (`root/<class>/<file>`) and cheap checks of encoded image bytes.
 
-Classes are the sub-directories of `root`, sorted by name; files are found recursively under each
-class directory. Hidden files and directories (names starting with ".") are ignored silently, as
-they are never data (`.DS_Store`, `.ipynb_checkpoints`). Every other file whose extension is not an
-image type, or whose first bytes are not an image header, is skipped and named in one warning.
+Classes are the sub-directories of `root`, sorted by name (class i is the i-th name, as in
+torchvision's ImageFolder); files are found recursively under each class directory. Hidden files
+and directories (names starting with ".") are ignored silently, as they are never data (`.DS_Store`,
+`.ipynb_checkpoints`). Every other file whose extension is not an image type, or whose first bytes
+are not an image header, is skipped and named in one warning. A class with no image is an error in a
+train split (a dead class) and a warning in an eval split (see scan_image_folder).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from fastdeit.data.common import DataWarning, describe_files
 
@@ -131,23 +134,36 @@ def scan_image_folder(
     root: str | os.PathLike,
     *,
     class_names: Sequence[str] | None = None,
+    empty_classes: Literal["error", "warn"] = "error",
     check_headers: bool = True,
     io_threads: int = 16,
+    warn: bool = True,
 ) -> ImageFolderIndex:
     """Index the images under `root/<class>/...`.
+
+    Class index i always means the i-th name of the class list (by default the sorted class directories, as
+    torchvision's ImageFolder numbers them), so labels never shift when a class has no images.
 
     Args:
         root: the split folder whose sub-directories are the classes.
         class_names: the class list to label with (e.g. the train split's, so a val split missing a
             class still gets the same labels); every class directory under `root` must be in it.
             Default: the sorted class directories of `root`.
+        empty_classes: what to do about classes of the list with no image under `root` (an empty or
+            missing folder, or one holding only non-images): "error" (a model would get a head unit no
+            sample ever trains: right for a train split) or "warn" (name them in one DataWarning: right
+            for an eval split, where a subset of the classes is normal).
         check_headers: read the first bytes of every file and skip those that are not images.
         io_threads: threads reading headers (the check is I/O bound).
+        warn: emit the DataWarnings (skipped files, empty classes); False on all DDP ranks but one.
 
     Raises:
         FileNotFoundError: `root` is missing or not a directory.
-        ValueError: no class directories, a class directory not in `class_names`, or no images at all.
+        ValueError: no class directories, a class directory not in `class_names`, a class without images
+            (with empty_classes="error"), or no images at all.
     """
+    if empty_classes not in ("error", "warn"):
+        raise ValueError(f"empty_classes must be 'error' or 'warn', got {empty_classes!r}")
     root = Path(root)
     found = list_classes(root)
     if class_names is None:
@@ -157,8 +173,9 @@ def scan_image_folder(
         unknown = sorted(set(found) - set(class_names))
         if unknown:
             raise ValueError(
-                f"class directories {unknown[:5]} under {str(root)!r} are not in class_names "
-                f"({len(class_names)} classes, e.g. {list(class_names[:3])})"
+                f"class directories {unknown[:5]} under {str(root)!r} are not in the class list it is labelled "
+                f"with ({len(class_names)} classes, e.g. {list(class_names[:3])}; for a val split: the train "
+                "split's): its images would get no label, or another class's"
             )
     to_label = {name: i for i, name in enumerate(class_names)}
     files: list[str] = []
@@ -176,7 +193,7 @@ def scan_image_folder(
         skipped.extend((files[i], p) for i, p in enumerate(problems) if p is not None)
         files = [files[i] for i in keep]
         labels = [labels[i] for i in keep]
-    if skipped:
+    if skipped and warn:
         rel = [(os.path.relpath(p, root), why) for p, why in skipped]
         warnings.warn(
             f"skipped {len(skipped)} non-image file(s) under {str(root)!r}: {describe_files(rel)}",
@@ -185,4 +202,21 @@ def scan_image_folder(
         )
     if not files:
         raise ValueError(f"no image files under {str(root)!r} (extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
+    present = set(labels)
+    empty = [name for i, name in enumerate(class_names) if i not in present]
+    if empty:
+        shown = ", ".join(repr(n) for n in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        if empty_classes == "error":
+            raise ValueError(
+                f"{len(empty)} class folder(s) under {str(root)!r} hold no image: {shown}. A class without "
+                "training images would still get a unit of the model's head (a dead class), and skipping it would "
+                "renumber every later class: add its images, or remove the folder"
+            )
+        if warn:
+            warnings.warn(
+                f"{len(empty)} of the {len(class_names)} classes have no image under {str(root)!r}: {shown} "
+                "(labels keep the full class list; metrics cover the other classes)",
+                DataWarning,
+                stacklevel=2,
+            )
     return ImageFolderIndex(root, tuple(files), tuple(labels), tuple(class_names), tuple(skipped))

@@ -12,7 +12,8 @@ Unreadable files (missing, not an image, truncated, or rejected by the decoder) 
 Which files are unreadable depends only on their contents, and the replacement only on that set, so a
 loader that meets a bad file for the first time produces exactly what one that knew it beforehand does:
 determinism and resume stay exact. Each file is named in one DataWarning, at the end of the epoch it
-was found in; `skipped_files` keeps them all.
+was found in (a file DALI's decoder rejects: at once, right after the error lines DALI prints, which name
+no file), by the rank that met it; `skipped_files` keeps them all.
 """
 
 from __future__ import annotations
@@ -29,23 +30,9 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from fastdeit.data.augment import (
-    CROP_SCALE,
-    HFLIP,
-    RandAugmentConfig,
-    TrainAugParams,
-    check_crop_scale,
-    check_hflip,
-    sample_train_params,
-)
-from fastdeit.data.common import (
-    PAD_LABEL,
-    DataWarning,
-    blank_bmp,
-    check_positive_int,
-    check_rank,
-    describe_files,
-)
+from fastdeit.data.augment import TrainAugParams, sample_train_params
+from fastdeit.data.common import PAD_LABEL, DataWarning, blank_bmp, check_rank, describe_files
+from fastdeit.data.config import LoaderConfig
 from fastdeit.data.folder import check_encoded
 from fastdeit.data.sampling import batch_rng, eval_shard, train_shard
 
@@ -121,28 +108,15 @@ class ImageFileLoader(ABC):
     Args:
         files: image paths.
         labels: class index per file (ignored in predict mode).
+        config: the settings (image size, batch size, seed, transforms, threads; see LoaderConfig). The
+            train-only settings (rand_augment, crop_scale, hflip, repeated_aug) are ignored in the other modes.
         mode: "train" (random crop, flip, RandAugment; shuffled, sharded, drop_last),
             "eval" (resize + center crop; every sample once across ranks, padded with PAD_LABEL rows
             to the same number of full batches on every rank) or "predict" (eval transform, files in
             the given order, unreadable files dropped, last batch may be short).
-        img_size: output height and width.
-        batch_size: rows per batch (per rank).
         device: where the batches are returned.
-        rank, world_size: DDP position (see fastdeit.data.sampling).
-        seed: shuffling and augmentation seed; batches depend only on (seed, epoch, rank, step) and
-            the loader's settings.
-        repeated_aug: copies of each sample per epoch (DeiT uses 3 under DDP), train only.
-        rand_augment: RandAugment settings, or None for crop + flip only.
-        crop_scale: (lo, hi) range of the random-resized-crop's area, as a fraction of the image's
-            (DeiT's 0.08-1 by default), train only.
-        hflip: probability of mirroring a train image horizontally (DeiT's 0.5 by default).
-        crop_pct: eval center-crop fraction: the shorter side is resized to int(img_size / crop_pct).
-        num_threads: threads decoding and transforming images.
-        prefetch: batches decoded ahead of the one being consumed.
-        read_threads: threads reading files.
-        read_ahead: batches read ahead of the decoder.
-        exif_orientation: rotate images by their EXIF orientation tag. Off for train/eval, like the
-            PIL loader DeiT uses; on is better for photos in predict mode.
+        rank, world_size: DDP position (see fastdeit.data.sampling). Only rank 0 warns about the loader's
+            settings; each rank names the unreadable files it met (they differ between ranks).
     """
 
     backend: str = ""
@@ -151,27 +125,17 @@ class ImageFileLoader(ABC):
         self,
         files: Sequence[str],
         labels: Sequence[int] | None,
+        config: LoaderConfig,
         *,
         mode: Mode,
-        img_size: int,
-        batch_size: int,
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
-        seed: int = 0,
-        repeated_aug: int = 1,
-        rand_augment: RandAugmentConfig | None = None,
-        crop_scale: tuple[float, float] = CROP_SCALE,
-        hflip: float = HFLIP,
-        crop_pct: float = 0.875,
-        num_threads: int = 4,
-        prefetch: int = 2,
-        read_threads: int = 8,
-        read_ahead: int = 2,
-        exif_orientation: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(config, LoaderConfig):
+            raise TypeError(f"config must be a LoaderConfig, got {type(config).__name__}")
         self.files = [str(f) for f in files]
         if not self.files:
             raise ValueError("files is empty: nothing to load")
@@ -183,35 +147,20 @@ class ImageFileLoader(ABC):
                 raise ValueError(f"labels must have one entry per file ({len(self.files)}), got {given}")
             self.labels = np.asarray(labels, dtype=np.int64)
         self.mode: Mode = mode
-        self.img_size = check_positive_int("img_size", img_size)
-        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.config = config
         self.device = torch.device(device)
         self.rank, self.world_size = check_rank(rank, world_size)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = seed
-        self.repeated_aug = check_positive_int("repeated_aug", repeated_aug)
-        if rand_augment is not None and not isinstance(rand_augment, RandAugmentConfig):
-            raise ValueError(f"rand_augment must be a RandAugmentConfig or None, got {rand_augment!r}")
-        self.rand_augment = rand_augment
-        self.crop_scale = check_crop_scale(crop_scale)
-        self.hflip = check_hflip(hflip)
-        if not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
-        self.crop_pct = float(crop_pct)
-        self.num_threads = check_positive_int("num_threads", num_threads)
-        self.prefetch = check_positive_int("prefetch", prefetch)
-        self.read_threads = check_positive_int("read_threads", read_threads)
-        self.read_ahead = check_positive_int("read_ahead", read_ahead)
-        self.exif_orientation = exif_orientation
+        exif = config.exif_orientation
+        self.exif_orientation = mode == "predict" if exif is None else exif
+        self.rand_augment = config.rand_augment if mode == "train" else None
         if mode == "train" and len(self) == 0:
             raise ValueError(
-                f"batch_size={batch_size} is larger than the {len(self.files) // self.world_size} train "
+                f"batch_size={config.batch_size} is larger than the {len(self.files) // self.world_size} train "
                 f"samples each of the {self.world_size} rank(s) reads per epoch"
             )
-        if mode == "train" and self.repeated_aug > self.world_size:
+        if mode == "train" and config.repeated_aug > self.world_size and self.rank == 0:
             warnings.warn(
-                f"repeated_aug={self.repeated_aug} > world_size={self.world_size}: copies of a sample will share "
+                f"repeated_aug={config.repeated_aug} > world_size={self.world_size}: copies of a sample will share "
                 "a rank, often the same batch (DeiT only repeats under DDP)",
                 DataWarning,
                 stacklevel=2,
@@ -229,9 +178,9 @@ class ImageFileLoader(ABC):
     def __len__(self) -> int:
         """Batches per epoch on this rank (in predict mode, an upper bound: unreadable files are dropped)."""
         if self.mode == "train":
-            return (self.num_samples // self.world_size) // self.batch_size
+            return (self.num_samples // self.world_size) // self.config.batch_size
         per_rank = math.ceil(self.num_samples / self.world_size) if self.mode == "eval" else self.num_samples
-        return math.ceil(per_rank / self.batch_size)
+        return math.ceil(per_rank / self.config.batch_size)
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Make iterations yield `epoch`; the next one only from batch `start_step` on (to resume mid-epoch).
@@ -256,20 +205,20 @@ class ImageFileLoader(ABC):
 
     def _plan(self, epoch: int, start_step: int) -> Iterator[PlannedBatch]:
         """The batches of `epoch` from `start_step` on."""
-        b = self.batch_size
+        cfg, b = self.config, self.config.batch_size
         if self.mode == "train":
             order = train_shard(
                 self.num_samples,
                 epoch=epoch,
-                seed=self.seed,
+                seed=cfg.seed,
                 rank=self.rank,
                 world_size=self.world_size,
-                repeated_aug=self.repeated_aug,
+                repeated_aug=cfg.repeated_aug,
             )
             for step in range(start_step, len(self)):
                 rows = order[step * b : (step + 1) * b]
-                rng = batch_rng(self.seed, epoch, self.rank, step)
-                aug = sample_train_params(rng, b, self.img_size, self.rand_augment, self.hflip)
+                rng = batch_rng(cfg.seed, epoch, self.rank, step)
+                aug = sample_train_params(rng, b, cfg.img_size, self.rand_augment, cfg.hflip)
                 yield PlannedBatch(step, rows, self.labels[rows], aug)
         elif self.mode == "eval":
             order = eval_shard(self.num_samples, rank=self.rank, world_size=self.world_size)
@@ -333,7 +282,7 @@ class ImageFileLoader(ABC):
 
 
 class BatchStream:
-    """The plan of one epoch turned into ReadyBatches, read `loader.read_ahead` batches ahead.
+    """The plan of one epoch turned into ReadyBatches, read `loader.config.read_ahead` batches ahead.
 
     `redo` puts batches back at the front (after a decoder failure) to be resolved again with the
     files found unreadable since.
@@ -348,7 +297,7 @@ class BatchStream:
         self._fill()
 
     def _fill(self) -> None:
-        while len(self._reading) < self._loader.read_ahead:
+        while len(self._reading) < self._loader.config.read_ahead:
             planned = next(self._plan, None)
             if planned is None:
                 return

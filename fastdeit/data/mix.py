@@ -17,6 +17,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fastdeit.data.common import DataConfigError, check_positive_int, check_probability, is_number
+
 
 class _CallSeeds:
     """One fresh seed per call, drawn from a torch.Generator, an int seed or OS entropy."""
@@ -77,23 +79,27 @@ class Mixup:
         label_smoothing: float = 0.1,
         generator: torch.Generator | int | None = None,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables it), got {value!r}")
-        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.num_classes = num_classes
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.check_settings(mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing)
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
         self.prob = float(prob)
         self.switch_prob = float(switch_prob)
         self.label_smoothing = float(label_smoothing)
         self._seeds = _CallSeeds(generator)
+
+    @staticmethod
+    def check_settings(
+        mixup_alpha: float, cutmix_alpha: float, prob: float, switch_prob: float, label_smoothing: float
+    ) -> None:
+        """Raise DataConfigError, named by the argument, unless the settings are in range (TrainConfig checks too)."""
+        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if not (is_number(value) and value >= 0):
+                raise DataConfigError(name, "a number >= 0 (0 disables it)", value)
+        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
+            check_probability(name, value)
+        if not (is_number(label_smoothing) and 0 <= label_smoothing < 1):
+            raise DataConfigError("label_smoothing", "a number in [0, 1)", label_smoothing)
 
     def sample(self, height: int, width: int) -> MixParams:
         """Draw the mixing of the next batch of `height` x `width` images."""
@@ -156,8 +162,7 @@ class RandomErasing:
         min_aspect: float = 0.3,
         generator: torch.Generator | int | None = None,
     ) -> None:
-        if not 0 <= prob <= 1:
-            raise ValueError(f"prob must be in [0, 1], got {prob!r}")
+        self.check_settings(prob)
         if not 0 < min_area <= max_area <= 1:
             raise ValueError(f"need 0 < min_area <= max_area <= 1, got min_area={min_area!r}, max_area={max_area!r}")
         if not 0 < min_aspect <= 1:
@@ -167,6 +172,11 @@ class RandomErasing:
         self.max_area = float(max_area)
         self.log_aspect = (math.log(min_aspect), -math.log(min_aspect))
         self._seeds = _CallSeeds(generator)
+
+    @staticmethod
+    def check_settings(prob: float) -> None:
+        """Raise DataConfigError (field "prob") unless `prob` is a probability (TrainConfig checks too)."""
+        check_probability("prob", prob)
 
     def sample(self, rng: np.random.Generator, batch: int, height: int, width: int) -> np.ndarray:
         """(batch, 4) int64 boxes (top, left, h, w); h = w = 0 where a sample is not erased."""

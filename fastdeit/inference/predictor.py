@@ -23,7 +23,7 @@ from fastdeit._env import cache_dir
 from fastdeit.batch_size import BatchSizeCache, find_max_batch
 from fastdeit.constants import IMAGENET_MEAN, IMAGENET_STD
 from fastdeit.cuda_graphs import GraphPool
-from fastdeit.data import build_predict_loader, dali_available
+from fastdeit.data import LoaderConfig, build_predict_loader, dali_available
 from fastdeit.data.loader import ImageFileLoader
 from fastdeit.inference.inputs import ImageFiles, ImageInput, check_image_tensor, collect_images, normalise_pixels
 from fastdeit.inference.labels import resolve_labels
@@ -312,15 +312,14 @@ class Predictor:
         # DALI decodes on the model's GPU (nvJPEG, "mixed") and hands over CUDA tensors; PIL decodes on the CPU, and
         # its batches travel through pinned memory in _forward.
         on_gpu = use_dali and self.device.type == "cuda"
-        loader = build_predict_loader(
-            files,
+        config = LoaderConfig(
             img_size=self.img_size,
             batch_size=batch,
-            device=self.device if on_gpu else "cpu",
             crop_pct=self.crop_pct,
             num_threads=self.num_threads,
             backend=self.decoder,
         )
+        loader = build_predict_loader(files, config, device=self.device if on_gpu else "cpu")
         if not use_dali:
             why = "decoder='pil'" if self.decoder == "pil" else "DALI is not importable"
             return loader, f"PIL on the CPU ({why})"

@@ -25,11 +25,15 @@ from typing import Any
 
 import yaml
 
+from fastdeit.constants import DEFAULT_CROP_PCT
+from fastdeit.data.augment import CROP_SCALE, DEIT_RAND_AUGMENT, HFLIP
+from fastdeit.data.common import DataConfigError
+from fastdeit.data.config import LoaderConfig
+from fastdeit.data.mix import Mixup, RandomErasing
 from fastdeit.losses import DISTILLATION_TYPES
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adamw", "apex_fused_adam")
-DATA_BACKENDS = ("auto", "dali", "pil")
 MODEL_BACKENDS = ("auto", "triton", "torch")
 
 
@@ -58,10 +62,10 @@ class TrainConfig:
 
     # --- data
     data: str = _opt("", "ImageFolder root (with train/ and val/), 'digits' or 'synthetic' (required)")
-    data_backend: str = _opt("auto", "image loader: auto (DALI if importable, else PIL), dali or pil")
+    data_backend: str = _opt("auto", "image decoder: auto (the faster one for the device and split), dali or pil")
     data_threads: int | None = _opt(None, "decoding threads per process (default: CPU count, at most 8)")
     img_size: int = _opt(224, "training and eval input size")
-    crop_pct: float = _opt(0.875, "eval: resize the shorter side to img_size / crop_pct, then center crop")
+    crop_pct: float = _opt(DEFAULT_CROP_PCT, "eval: resize the shorter side to img_size / crop_pct, then center crop")
     # --- model
     model: str = _opt("deit_base_patch16_224", "fastdeit model name (DeiT, or a convnet such as convnet_small)")
     backend: str = _opt("auto", "DeiT layers: auto (Triton on CUDA, PyTorch elsewhere), triton or torch")
@@ -94,11 +98,11 @@ class TrainConfig:
     mixup_prob: float = _opt(1.0, "probability that a batch is mixed")
     mixup_switch_prob: float = _opt(0.5, "probability of cutmix rather than mixup when both are on")
     reprob: float = _opt(0.25, "random erasing probability per image")
-    rand_augment: str = _opt("rand-m9-mstd0.5-inc1", "RandAugment policy (timm syntax), or 'none'")
+    rand_augment: str = _opt(DEIT_RAND_AUGMENT, "RandAugment policy (timm syntax), or 'none'")
     crop_scale: tuple[float, float] = _opt(
-        (0.08, 1.0), "random-resized-crop area range as fractions of the image, lo,hi with 0 < lo <= hi <= 1"
+        CROP_SCALE, "random-resized-crop area range as fractions of the image, lo,hi with 0 < lo <= hi <= 1"
     )
-    hflip: float = _opt(0.5, "probability of mirroring a train image horizontally")
+    hflip: float = _opt(HFLIP, "probability of mirroring a train image horizontally")
     repeated_aug: int = _opt(3, "repeated augmentation count, applied under DDP only (as DeiT)")
     # --- EMA of the weights
     model_ema: bool = _opt(True, "keep an EMA of the weights and evaluate it too")
@@ -136,6 +140,26 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the model init, data order, augmentations and drop path")
     device: str = _opt("auto", "auto (cuda when present), cuda or cpu")
 
+    def loader_config(self, split: str, distributed: bool = False) -> LoaderConfig:
+        """The data loader settings of `split` ("train" or "val"); repeated augmentation only when `distributed`
+        (DeiT repeats only under DDP). Raises DataConfigError naming LoaderConfig's field (see `check`)."""
+        config = LoaderConfig(
+            img_size=self.img_size,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            rand_augment=self.rand_augment,
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+            repeated_aug=self.repeated_aug if distributed else 1,
+            crop_pct=self.crop_pct,
+            backend=self.data_backend,
+            num_threads=self.data_threads,
+        )
+        if split == "train":
+            return config
+        eval_batch = self.eval_batch_size if self.eval_batch_size is not None else int(1.5 * self.batch_size)
+        return config.replace(batch_size=eval_batch)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (tuples as lists): what checkpoints and config.json store."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -155,8 +179,31 @@ class TrainConfig:
                 f"data: {self.data!r} is not a directory; expected an ImageFolder root (root/train/<class>/..., "
                 "root/val/<class>/...), 'digits' or 'synthetic'"
             )
+        # The data settings are checked by the code that uses them; here only which key a failing field is.
+        loader_keys = {"backend": "data_backend", "num_threads": "data_threads"}
+        data_checks: list[tuple[typing.Callable[[], object], dict[str, str]]] = [
+            (lambda: self.loader_config("train", distributed=True), loader_keys),
+            (lambda: self.loader_config("val"), {**loader_keys, "batch_size": "eval_batch_size"}),
+            (
+                lambda: Mixup.check_settings(
+                    self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, self.smoothing
+                ),
+                {
+                    "mixup_alpha": "mixup",
+                    "cutmix_alpha": "cutmix",
+                    "prob": "mixup_prob",
+                    "switch_prob": "mixup_switch_prob",
+                    "label_smoothing": "smoothing",
+                },
+            ),
+            (lambda: RandomErasing.check_settings(self.reprob), {"prob": "reprob"}),
+        ]
+        for validate, keys in data_checks:
+            try:
+                validate()
+            except DataConfigError as e:
+                raise ConfigError(f"{keys.get(e.field, e.field)}: expected {e.expected}, got {e.value!r}") from None
         choices = {
-            "data_backend": DATA_BACKENDS,
             "backend": MODEL_BACKENDS,
             "opt": OPTIMIZERS,
             "amp": AMP_MODES,
@@ -172,18 +219,13 @@ class TrainConfig:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"model: unknown model {self.model!r}{hint} Available: {', '.join(known)}")
         positive = [
-            "img_size",
             "epochs",
-            "batch_size",
             "lr",
             "opt_eps",
-            "repeated_aug",
             "eval_interval",
             "keep_last",
             "log_interval",
             "distillation_tau",
-            "eval_batch_size",
-            "data_threads",
             "patch_size",
             "embed_dim",
             "depth",
@@ -195,32 +237,16 @@ class TrainConfig:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 fail(key, "a value > 0")
-        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup", "cutmix", "ckpt_interval"]:
+        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "ckpt_interval"]:
             if not getattr(self, key) >= 0:
                 fail(key, "a value >= 0")
-        unit = [
-            "crop_pct",
-            "mixup_prob",
-            "mixup_switch_prob",
-            "reprob",
-            "hflip",
-            "model_ema_decay",
-            "distillation_alpha",
-        ]
-        for key in unit:
+        for key in ["model_ema_decay", "distillation_alpha"]:
             if not 0 <= getattr(self, key) <= 1:
                 fail(key, "a value in [0, 1]")
-        if self.crop_pct == 0:
-            fail("crop_pct", "a value in (0, 1]")
-        for key in ["drop_path", "smoothing"]:
-            if not 0 <= getattr(self, key) < 1:
-                fail(key, "a value in [0, 1)")
+        if not 0 <= self.drop_path < 1:
+            fail("drop_path", "a value in [0, 1)")
         if not all(0 <= b < 1 for b in self.opt_betas):
             fail("opt_betas", "two values in [0, 1)")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            fail("crop_scale", "two values lo,hi with 0 < lo <= hi <= 1")
-        if self.seed < 0:
-            fail("seed", "an integer >= 0")
         if self.distillation_type != "none" and not (self.teacher_path or self.teacher_cache):
             raise ConfigError(
                 f"distillation_type={self.distillation_type!r} needs a teacher: --teacher-path (a fastdeit checkpoint "

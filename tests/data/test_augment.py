@@ -11,10 +11,10 @@ from fastdeit.data.augment import (
     SKIP_OP,
     RandAugmentConfig,
     check_crop_scale,
-    check_hflip,
     crop_window,
     sample_train_params,
 )
+from fastdeit.data.common import DataConfigError, check_probability
 
 
 @pytest.mark.parametrize("scale", [CROP_SCALE, (0.35, 1.0), (0.25, 0.25)])
@@ -83,13 +83,13 @@ def test_hflip_probability_changes_only_the_flips():
 
 
 def test_crop_scale_and_hflip_are_validated():
-    assert check_crop_scale([0.35, 1]) == (0.35, 1.0) and check_hflip(1) == 1.0
+    assert check_crop_scale([0.35, 1]) == (0.35, 1.0) and check_probability("hflip", 1) == 1.0
     for bad in [(0.0, 1.0), (0.5, 0.2), (0.1, 1.5), (float("nan"), 1.0), (0.5,), "0.5", 0.5, (True, 1.0)]:
-        with pytest.raises(ValueError, match="crop_scale must be two numbers \\(lo, hi\\) with 0 < lo <= hi <= 1"):
+        with pytest.raises(DataConfigError, match="crop_scale: expected two numbers \\(lo, hi\\) with 0 < lo <= hi"):
             check_crop_scale(bad)
     for bad in [-0.1, 1.5, float("nan"), "0.5", None]:
-        with pytest.raises(ValueError, match="hflip must be a probability in \\[0, 1\\]"):
-            check_hflip(bad)
+        with pytest.raises(DataConfigError, match="hflip: expected a probability in \\[0, 1\\]"):
+            check_probability("hflip", bad)
 
 
 def test_rand_augment_config_from_timm():
@@ -99,7 +99,7 @@ def test_rand_augment_config_from_timm():
         RandAugmentConfig.from_timm("rand-m9-mstd0.5")
     with pytest.raises(ValueError, match="unsupported RandAugment option 'w0'"):
         RandAugmentConfig.from_timm("rand-m9-w0-inc1")
-    with pytest.raises(ValueError, match="magnitude must be in \\[0, 10\\]"):
+    with pytest.raises(DataConfigError, match="RandAugmentConfig.magnitude: expected a number in \\[0, 10\\], got 11"):
         RandAugmentConfig(magnitude=11)
 
 
@@ -108,7 +108,7 @@ def test_pil_posterize_at_full_magnitude_keeps_zero_bits():
     import numpy as np
     from PIL import Image
 
-    from fastdeit.data.fallback import _posterize
+    from fastdeit.data.pil import _posterize
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
     assert np.asarray(_posterize(img, 0.0)).max() == 0

@@ -56,10 +56,47 @@ def test_missing_and_empty_roots(tmp_path: Path):
 
 def test_class_names_override(image_folder: Path, tmp_path: Path):
     shutil.copytree(image_folder / "c2", tmp_path / "c2")
-    index = scan_image_folder(tmp_path, class_names=["c0", "c1", "c2"])
-    assert set(index.labels) == {2}
-    with pytest.raises(ValueError, match=r"\['c2'\].*not in class_names"):
+    with pytest.warns(DataWarning, match="2 of the 3 classes have no image under .*: 'c0', 'c1' \\(labels keep"):
+        index = scan_image_folder(tmp_path, class_names=["c0", "c1", "c2"], empty_classes="warn")
+    assert set(index.labels) == {2} and index.class_names == ("c0", "c1", "c2")
+    with pytest.raises(ValueError, match="2 class folder\\(s\\) under .* hold no image: 'c0', 'c1'"):
+        scan_image_folder(tmp_path, class_names=["c0", "c1", "c2"])
+    with pytest.raises(ValueError, match=r"\['c2'\].*not in the class list it is labelled with"):
         scan_image_folder(tmp_path, class_names=["c0", "c1"])
+
+
+def test_empty_class_folder_is_refused_not_a_dead_class(tmp_path: Path):
+    """5 class folders, one empty (or holding no image): a train split refuses, naming it (it used to report 5
+    classes with 4 trained); an eval split keeps the full numbering and warns."""
+    rng = np.random.default_rng(2)
+    for c in ("a", "b", "d", "e"):
+        (tmp_path / c).mkdir()
+        write_image(tmp_path / c / "x.jpg", rng)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match="1 class folder\\(s\\) under .* hold no image: 'c'. .*dead class"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "c" / "notes.txt").write_text("not an image")  # only non-images: still no image of class c
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        with pytest.raises(ValueError, match="hold no image: 'c'"):
+            scan_image_folder(tmp_path)
+    with pytest.warns(DataWarning) as record:
+        index = scan_image_folder(tmp_path, empty_classes="warn")
+    assert any("1 of the 5 classes have no image" in str(r.message) and "'c'" in str(r.message) for r in record)
+    assert index.class_names == ("a", "b", "c", "d", "e") and index.labels == (0, 1, 3, 4)  # d, e keep 3, 4
+
+
+def test_warn_false_is_silent(tmp_path: Path):
+    """DDP ranks other than 0 scan with warn=False: the same facts, said once per run."""
+    rng = np.random.default_rng(3)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+    write_image(tmp_path / "a" / "x.jpg", rng)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = scan_image_folder(tmp_path, empty_classes="warn", warn=False)
+    assert index.skipped and index.class_names == ("a", "b")
 
 
 def test_sniff_and_check_encoded(image_folder: Path):

@@ -70,9 +70,9 @@ def test_mixup_determinism():
 
 
 def test_mixup_bad_arguments():
-    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+    with pytest.raises(ValueError, match="num_classes: expected a positive integer"):
         Mixup(0)
-    with pytest.raises(ValueError, match="label_smoothing must be in \\[0, 1\\), got 1.0"):
+    with pytest.raises(ValueError, match="label_smoothing: expected a number in \\[0, 1\\), got 1.0"):
         Mixup(C, label_smoothing=1.0)
     with pytest.raises(ValueError, match="labels must be a \\(B,\\) tensor with B=6"):
         Mixup(C)(batch()[0], torch.zeros(5, dtype=torch.int64))

@@ -59,11 +59,11 @@ def test_eval_shard_each_sample_once():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="rank must be an integer in \\[0, world_size=2\\), got 2"):
+    with pytest.raises(ValueError, match="rank: expected an integer in \\[0, world_size=2\\), got 2"):
         train_shard(10, epoch=0, seed=0, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="repeated_aug must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="repeated_aug: expected a positive integer, got 0"):
         train_shard(10, epoch=0, seed=0, repeated_aug=0)
-    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="num_samples: expected a positive integer"):
         eval_shard(0)
     with pytest.raises(ValueError, match="non-negative"):
         train_shard(10, epoch=-1, seed=0)

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from fastdeit.data import SyntheticLoader
+from fastdeit.data import LoaderConfig, SyntheticLoader
 
 
-def make(**kw):
-    return SyntheticLoader(**{"num_classes": 10, "num_samples": 50, "img_size": 16, "batch_size": 8, **kw})
+def make(seed=0, batch_size=8, **kw):
+    config = LoaderConfig(img_size=16, batch_size=batch_size, seed=seed)
+    return SyntheticLoader(config, **{"num_classes": 10, "num_samples": 50, **kw})
 
 
 def test_shapes_and_length():
@@ -34,5 +35,5 @@ def test_deterministic_resume_and_rank_dependent():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="batch_size=64 is larger than the 50 samples per rank"):
         make(batch_size=64)
-    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="num_classes: expected a positive integer, got 0"):
         make(num_classes=0)

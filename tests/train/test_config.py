@@ -55,6 +55,13 @@ def test_flags_override_and_are_typed():
     assert c.eval_batch_size is None and c.compile is True and c.tensorboard is False and c.model_ema is False
 
 
+def test_loader_config_is_built_from_the_data_keys():
+    c = parse_config(["--data", "digits", "--rand-augment", "none", "--batch-size", "10", "--data-threads", "3"])
+    train, val = c.loader_config("train"), c.loader_config("val")
+    assert train.rand_augment is None and train.repeated_aug == 1 and c.loader_config("train", True).repeated_aug == 3
+    assert (train.batch_size, val.batch_size, train.num_threads, train.crop_pct) == (10, 15, 3, 0.875)
+
+
 def test_files_then_flags(tmp_path: Path):
     first = tmp_path / "a.yaml"
     first.write_text("data: digits\nlr: 0.002\nepochs: 3\nopt_betas: [0.5, 0.6]\ncrop_scale: [0.25, 0.9]\n")
@@ -91,11 +98,18 @@ def test_config_round_trips_through_weights_only_load(tmp_path: Path):
         (["--data", "digits", "--lr", "-0.1"], "lr: expected a value > 0, got -0.1"),
         (["--data", "digits", "--compile", "maybe"], "compile: expected bool, got 'maybe'"),
         (["--data", "digits", "--opt-betas", "0.9"], "opt_betas: expected 2 comma-separated numbers"),
-        (["--data", "digits", "--mixup-prob", "1.5"], "mixup_prob: expected a value in [0, 1], got 1.5"),
-        (["--data", "digits", "--hflip", "-0.5"], "hflip: expected a value in [0, 1], got -0.5"),
+        (["--data", "digits", "--mixup-prob", "1.5"], "mixup_prob: expected a probability in [0, 1], got 1.5"),
+        (["--data", "digits", "--reprob", "-0.5"], "reprob: expected a probability in [0, 1], got -0.5"),
+        (["--data", "digits", "--cutmix", "-1"], "cutmix: expected a number >= 0 (0 disables it), got -1.0"),
+        (["--data", "digits", "--smoothing", "1"], "smoothing: expected a number in [0, 1), got 1.0"),
+        (["--data", "digits", "--hflip", "-0.5"], "hflip: expected a probability in [0, 1], got -0.5"),
         (["--data", "digits", "--crop-scale", "0.35"], "crop_scale: expected 2 comma-separated numbers, got '0.35'"),
-        (["--data", "digits", "--crop-scale", "0.5,0.2"], "crop_scale: expected two values lo,hi with 0 < lo <= hi"),
-        (["--data", "digits", "--crop-scale", "0,1"], "crop_scale: expected two values lo,hi with 0 < lo <= hi <= 1"),
+        (["--data", "digits", "--crop-scale", "0.5,0.2"], "crop_scale: expected two numbers (lo, hi) with 0 < lo"),
+        (["--data", "digits", "--crop-scale", "0,1"], "crop_scale: expected two numbers (lo, hi) with 0 < lo <= hi"),
+        (["--data", "digits", "--rand-augment", "rand-m9"], "rand_augment: expected 'none', a timm RandAugment spec"),
+        (["--data", "digits", "--data-backend", "tf"], "data_backend: expected one of auto, dali, pil, got 'tf'"),
+        (["--data", "digits", "--data-threads", "0"], "data_threads: expected a positive integer, got 0"),
+        (["--data", "digits", "--eval-batch-size", "0"], "eval_batch_size: expected a positive integer, got 0"),
         (["--data", "digits", "--crop-scale", "0.5,1.5"], "got (0.5, 1.5)"),
         (["--data", "digits", "--distillation-type", "medium"], "distillation_type: expected one of none, soft, hard"),
         (["--data", "digits", "--model", "deit_tiny_patch16"], "did you mean deit_tiny_patch16_224"),

@@ -388,7 +388,7 @@ def _labels(path: Path) -> np.ndarray:
 @SLOW
 def test_mismatched_runs_are_refused_before_training(recorded, teacher_file: Path, train_module, tmp_path: Path):
     cases = [
-        ({"data_backend": "pil"}, r'data_backend: recorded "dali", this run "pil"'),
+        ({"data_backend": "dali"}, r'data_backend: recorded "pil", this run "dali"'),  # auto trains with PIL on a CPU
         ({"seed": 1}, "seed: recorded 0, this run 1"),
         ({"reprob": 0.5}, "reprob: recorded 0.25, this run 0.5"),
         ({"teacher_path": write_convnet_teacher(tmp_path / "other.pt")}, "holds the outputs of teacher"),

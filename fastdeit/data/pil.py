@@ -1,4 +1,4 @@
-"""Plain PIL + PyTorch loader, used only where DALI cannot be imported.
+"""The PIL loader: decoding and transforms with Pillow in a thread pool (the `pil` backend).
 
 Same interface, plan and random choices as DaliLoader (fastdeit.data.loader, fastdeit.data.augment),
 so for a given (seed, epoch, rank, step) both backends crop, flip and pick RandAugment ops alike.
@@ -66,13 +66,31 @@ _PIL_OPS: dict[str, Callable[[Image.Image, np.ndarray], Image.Image]] = {
 _PIL_OP_TABLE = [_PIL_OPS[name] for name in RAND_AUGMENT_OPS]
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`img` as 8-bit RGB. 16-bit gray (modes I;16*, and I as Pillow opens some 16-bit files) is scaled to 8 bits
+    as DALI does, round(v / 257), where Pillow's own conversion clips it (a 16-bit PNG would come out white).
+
+    Raises ValueError for pixels with no defined 8-bit scale (32-bit values beyond 16 bits, float images).
+    """
+    if img.mode.startswith("I"):
+        values = np.asarray(img).astype(np.int64)  # native order whatever the file's (I;16B is big-endian)
+        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise ValueError(
+                f"{img.mode} pixels span {values.min()}..{values.max()}, beyond 16 bits: no defined 8-bit scale"
+            )
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8)).convert("RGB")  # round(v / 257)
+    if img.mode == "F":
+        raise ValueError("32-bit float pixels (mode F) have no defined 8-bit scale")
+    return img.convert("RGB")
+
+
 def decode(data: np.ndarray | bytes, exif_orientation: bool = False) -> Image.Image:
-    """A fully decoded RGB image; raises (OSError, ValueError...) on a broken file."""
+    """A fully decoded 8-bit RGB image (see to_rgb); raises (OSError, ValueError...) on a broken file."""
     img = Image.open(io.BytesIO(data))
     img.load()
     if exif_orientation:
         img = ImageOps.exif_transpose(img)
-    return img.convert("RGB")
+    return to_rgb(img)
 
 
 def eval_transform(img: Image.Image, img_size: int, crop_pct: float) -> Image.Image:
@@ -126,13 +144,14 @@ class PilLoader(ImageFileLoader):
             img = decode(ready.encoded[row], self.exif_orientation)
         except Exception as err:  # PIL raises many types for broken files
             return f"PIL could not decode it: {err}"
+        cfg = self.config
         if self.mode == "train":
             aug = ready.aug
             img = train_transform(
-                img, self.img_size, self.crop_scale, aug.crop[row], aug.flip[row], aug.ra_ops[row], aug.ra_params[row]
+                img, cfg.img_size, cfg.crop_scale, aug.crop[row], aug.flip[row], aug.ra_ops[row], aug.ra_params[row]
             )
         else:
-            img = eval_transform(img, self.img_size, self.crop_pct)
+            img = eval_transform(img, cfg.img_size, cfg.crop_pct)
         return to_tensor(img)
 
     def _assemble(self, ready: ReadyBatch, pool: ThreadPoolExecutor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -161,8 +180,8 @@ class PilLoader(ImageFileLoader):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         try:
             with (
-                ThreadPoolExecutor(self.read_threads, thread_name_prefix="fastdeit-read") as read_pool,
-                ThreadPoolExecutor(self.num_threads, thread_name_prefix="fastdeit-pil") as pool,
+                ThreadPoolExecutor(self.config.read_threads, thread_name_prefix="fastdeit-read") as read_pool,
+                ThreadPoolExecutor(self.config.num_threads, thread_name_prefix="fastdeit-pil") as pool,
                 ThreadPoolExecutor(1, thread_name_prefix="fastdeit-batch") as assembler,
             ):
                 # All stream and unreadable-file bookkeeping happens in the one assembler thread, in order.
@@ -170,7 +189,7 @@ class PilLoader(ImageFileLoader):
                 pending: deque[Future] = deque()
                 try:
                     while True:
-                        while len(pending) <= self.prefetch:
+                        while len(pending) <= self.config.prefetch:
                             pending.append(assembler.submit(self._next_batch, stream, pool))
                         batch = pending.popleft().result()
                         if batch is None:
