@@ -18,7 +18,8 @@ Method:
   with CUDA events (perf_counter on the CPU), each run long enough to take `min_time` seconds; the median run is
   reported, with the slowest and fastest beside it in the CSV. Inputs are random normal images, never zeros.
 - MFU = img/s x FLOPs per image (forward; x3 for training, + the teacher's forward) / 790e12, the bf16 matrix
-  product ceiling measured on H100 and H200 (shared/ANCHORS.md); only computed for bf16/fp16 on those GPUs.
+  product ceiling measured on H100 and H200 (torch.matmul 8192^3 on random bf16 data; the datasheets' dense figure is
+  989); only computed for bf16/fp16 on those GPUs.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from .providers import (
 )
 
 # The DeiT paper, Table 1: inference img/s on one 16 GB V100, fp32, largest batch that fits, mean of 30 runs
-# (Touvron et al. 2020, arXiv 2012.12877; shared/ANCHORS.md). Valid beside our numbers at the native image size only.
+# (Touvron et al. 2020, arXiv 2012.12877). Valid beside our numbers at the native image size only.
 PAPER_V100_FP32 = {
     "deit_tiny_patch16_224": 2536.5,
     "deit_small_patch16_224": 940.4,
@@ -86,9 +87,10 @@ MODEL_ALIASES = {
     "b-dist": "deit_base_distilled_patch16_224",
     "b384-dist": "deit_base_distilled_patch16_384",
 }
-# Forward GFLOP per 224x224 image of timm teachers that are not fastdeit models: 2 x timm's GMACs (ANCHORS.md).
+# Forward GFLOP per 224x224 image of timm teachers that are not fastdeit models: 2 x the GMACs timm publishes in its
+# benchmark tables (results/benchmark-infer-*.csv, column infer_gmacs: regnety_160 15.96).
 TEACHER_GFLOP_224 = {"regnety_160": 31.9}
-PEAK_FLOPS = 790e12  # bf16 matrix products, H100 and H200, measured (shared/ANCHORS.md)
+PEAK_FLOPS = 790e12  # bf16 matrix products, H100 and H200, measured (as above; benchmarks/roofline.py's GPU table)
 MFU_GPUS = ("H100", "H200")
 CPU_BATCH = 8
 NUM_CLASSES = 1000
@@ -615,7 +617,7 @@ def format_table(measurements: list[Measurement]) -> str:
                                   *cache_lines]))  # fmt: skip
     notes = []
     if any(m.mfu is None for m in measurements):
-        notes.append("MFU '-': only meaningful for bf16/fp16 on H100/H200 (790 TFLOP/s ceiling, shared/ANCHORS.md).")
+        notes.append("MFU '-': only meaningful for bf16/fp16 on H100/H200 (measured bf16 matmul rate 790 TFLOP/s).")
     if any(m.paper is not None for m in measurements):
         notes.append("paper V100 fp32: DeiT paper Table 1 (one V100, fp32, largest batch); compare with fp32 rows.")
     return "\n\n".join(blocks + (["\n".join(notes)] if notes else []))
