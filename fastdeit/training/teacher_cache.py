@@ -76,7 +76,7 @@ from torch import nn
 from fastdeit.data.augment import RandAugmentConfig
 from fastdeit.io import atomic_write
 from fastdeit.losses import TeacherOutput, topk_tail_logmass
-from fastdeit.training.checkpoints import latest_checkpoint
+from fastdeit.models.checkpoint import list_checkpoints, load_newest, read_checkpoint
 from fastdeit.training.config import ConfigError, TrainConfig, user_errors
 from fastdeit.training.distributed import DistEnv, all_gather_objects
 
@@ -469,13 +469,13 @@ def _runs(positions: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
 
 
 def teacher_identity(teacher_path: str, teacher_model: str) -> dict[str, Any]:
-    """The teacher file a run names (a folder means its latest checkpoint, as load_teacher reads it), by content."""
+    """The teacher file a run names (a folder means its newest readable checkpoint, the one load_teacher reads), by
+    content."""
     path = Path(teacher_path).expanduser()
     if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
+        if not list_checkpoints(path):
             raise FileNotFoundError(f"teacher_path {str(path)!r} is a folder without ckpt_<step>.pt checkpoints")
-        path = found
+        path, _ = load_newest(path, read_checkpoint)
     return {"file": str(path), "sha256": file_sha256(path), "teacher_model": teacher_model}
 
 
@@ -560,7 +560,10 @@ class TeacherSource:
         devices = [self.env.device.index or 0] if self.env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), user_errors("teacher"):
             live = self._load_live()
-        self.log(f"teacher: {getattr(live, 'description', type(live).__name__)}")
+        # load_teacher checks the names a teacher records against the dataset's; without them, only the count.
+        named = getattr(live, "class_names", None) is not None
+        note = "" if named else " (records no class names: only its class count is checked)"
+        self.log(f"teacher: {getattr(live, 'description', type(live).__name__)}{note}")
         return live
 
     def _plan(self, epoch: int, step: int) -> None:
