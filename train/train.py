@@ -63,7 +63,6 @@ from fastdeit.training import (
     latest_checkpoint,
     load_finetune_weights,
     load_resume_checkpoint,
-    load_teacher,
     parse_config,
     report_run_warnings,
     restore_rng,
@@ -127,12 +126,11 @@ def main(config: TrainConfig) -> dict[str, float]:
             train_loader, train_info = build_loader(config.data, split="train", config=train_config, **place)
         val_loader, val_info = build_loader(config.data, split="val", config=config.loader_config("val"), **place)
     class_names = val_info.class_names  # the train split's (val is labelled with its class list)
-    train_count = "" if config.eval_only else f"{train_info.num_samples} train / "
+    splits = {"val": val_info} if config.eval_only else {"train": train_info, "val": val_info}
+    counts = " / ".join(f"{info.num_samples} {split}" for split, info in splits.items())
+    decoders = ", ".join(f"{info.backend} ({split})" for split, info in splits.items())
     shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
-    log(
-        f"data {config.data}: {train_count}{val_info.num_samples} val images, {len(class_names)} classes ({shown}); "
-        f"decoders: {'' if config.eval_only else f'{train_info.backend} (train), '}{val_info.backend} (val)"
-    )
+    log(f"data {config.data}: {counts} images, {len(class_names)} classes ({shown}); decoders: {decoders}")
     if ckpt.get("class_names") is not None:  # labels are indices: output i must be the dataset's class i
         with user_errors("resume"):
             check_class_names(ckpt["class_names"], class_names, what="checkpoint", allow=config.allow_class_mismatch)
@@ -219,10 +217,13 @@ def main(config: TrainConfig) -> dict[str, float]:
         f"steps ({steps_per_epoch}/epoch), warmup {warmup_steps} from {config.warmup_lr:g}, min {config.min_lr:g}"
     )
     # DeiT's recipe is made for 300 ImageNet epochs: say what would keep a short run from training.
-    ema_decay = config.model_ema_decay if config.model_ema else None
-    recipe = dict(warmup_epochs=config.warmup_epochs, lr=config.lr, ema_decay=ema_decay)
     for message in short_run_warnings(
-        **recipe, steps_per_epoch=steps_per_epoch, total_steps=total_steps, global_batch=global_batch
+        warmup_epochs=config.warmup_epochs,
+        lr=config.lr,
+        ema_decay=config.model_ema_decay if config.model_ema else None,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        global_batch=global_batch,
     ):
         warnings.warn(message, TrainingWarning, stacklevel=1)
 
@@ -243,21 +244,9 @@ def main(config: TrainConfig) -> dict[str, float]:
     # The teacher's output per step: live, or replayed from --teacher-cache (fastdeit.training.teacher_cache).
     teacher = None
     if distill:
-        load_live = partial(
-            load_teacher,
-            config.teacher_path,
-            config.teacher_model,
-            num_classes=len(class_names),
-            img_size=config.img_size,
-            batch_size=config.batch_size,
-            device=device,
-            autocast=autocast(),
-            class_names=class_names,
-            allow_class_mismatch=config.allow_class_mismatch,
-        )
         with user_errors("teacher"):
             teacher = TeacherSource.build(
-                config, load_live, env=env, amp=amp, loader=train_loader, data_info=train_info, log=log
+                config, env=env, amp=amp, autocast=autocast(), loader=train_loader, data_info=train_info, log=log
             )
         log(
             f"{config.distillation_type} distillation, alpha {config.distillation_alpha}, tau {config.distillation_tau}"

@@ -57,6 +57,7 @@ with top-k, plus a few hundred bytes per chunk file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -64,6 +65,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ from fastdeit.losses import TeacherOutput, topk_tail_logmass
 from fastdeit.models.checkpoint import list_checkpoints, load_newest, read_checkpoint
 from fastdeit.training.config import ConfigError, TrainConfig, user_errors
 from fastdeit.training.distributed import DistEnv, all_gather_objects
+from fastdeit.training.teachers import load_teacher
 
 FORMAT = "fastdeit-teacher-cache"
 VERSION = 1
@@ -519,16 +522,30 @@ class TeacherSource:
     def build(
         cls,
         config: TrainConfig,
-        load_live: Callable[[], nn.Module] | None,
         *,
         env: DistEnv,
         amp: str,
+        autocast: contextlib.AbstractContextManager,
         loader: Any,
         data_info: Any,
         log: Callable[[str], None] = print,
     ) -> TeacherSource:
-        """train.py's teacher: `load_live` (None without --teacher-path) loads it; config.teacher_cache, when set,
-        names the cache for the batches of `loader` (the train loader, with `data_info` its DataInfo)."""
+        """train.py's teacher: config.teacher_path and teacher_model, loaded by `load_teacher` (checked against the
+        dataset of `data_info`, run under `autocast`, `amp` naming its dtype) when some step needs it; and
+        config.teacher_cache, when set, the cache for the batches of `loader` (the train loader, with `data_info` its
+        DataInfo)."""
+        load_live = partial(
+            load_teacher,
+            config.teacher_path,
+            config.teacher_model,
+            num_classes=data_info.num_classes,
+            img_size=config.img_size,
+            batch_size=config.batch_size,
+            device=env.device,
+            autocast=autocast,
+            class_names=data_info.class_names,
+            allow_class_mismatch=config.allow_class_mismatch,
+        )
         cache = None
         if config.teacher_cache:
             key = batch_key(
