@@ -36,6 +36,7 @@ from fastdeit.data.config import LoaderConfig
 from fastdeit.data.mix import Mixup, RandomErasing
 from fastdeit.losses import DISTILLATION_TYPES, DistillationLoss
 from fastdeit.models import MODEL_CONFIGS
+from fastdeit.training.optim import DEIT_LR
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adamw", "apex_fused_adam")
@@ -107,7 +108,7 @@ class TrainConfig:
     batch_size: int = _opt(64, "images per step per process (the global batch is batch_size x world size)")
     eval_batch_size: int | None = _opt(None, "eval images per step per process (default 1.5 x batch_size)")
     opt: str = _opt("adamw", "adamw (torch, fused on CUDA) or apex_fused_adam (NVIDIA apex, AdamW mode)")
-    lr: float = _opt(5e-4, "peak learning rate for a global batch of 512; scaled by global batch / 512")
+    lr: float = _opt(DEIT_LR, "peak learning rate for a global batch of 512; scaled by global batch / 512")
     opt_eps: float = _opt(1e-8, "AdamW epsilon")
     opt_betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999")
     weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to norms, biases, tokens, pos-embed)")

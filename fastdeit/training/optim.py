@@ -82,6 +82,7 @@ def cosine_lr(
     return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+DEIT_LR = 5e-4  # DeiT's peak lr for a global batch of 512 (main.py's default)
 # Thresholds of `short_run_warnings`.
 _WARMUP_SHARE = 0.5  # a warmup over more than this share of the run is flagged
 _EMA_INITIAL_SHARE = 0.1  # an EMA whose final weights keep more than this share of the initial ones is flagged
@@ -103,8 +104,8 @@ def short_run_warnings(
     - a warmup over more than half the run: the lr stays below its peak for most of it;
     - an EMA (decay d: it averages over ~1/(1-d) steps) whose final weights are still more than 10% the initial ones
       (d ** total_steps > 0.1): the EMA evaluated is mostly the untrained model;
-    - with either of those, a peak lr scaled down by DeiT's rule (global batch / 512) is named too: a short run at a
-      small batch gets a small fraction of the recipe's lr.
+    - with either of those, DeiT's lr (DEIT_LR) scaled down by its rule (global batch / 512) is named too: a short
+      run at a small batch gets a small fraction of it (an lr the user chose is left alone).
     ema_decay: None without an EMA.
     """
     warnings = []
@@ -123,10 +124,10 @@ def short_run_warnings(
             f"EMA decay {ema_decay:g} averages over ~{horizon:,.0f} steps, the run has {total_steps}: its final "
             f"weights are still {ema_decay**total_steps:.0%} the initial weights; {fix}"
         )
-    if warnings and global_batch < 512:
+    if warnings and lr == DEIT_LR and global_batch < 512:
         peak = scaled_lr(lr, global_batch)
         warnings.append(
-            f"lr {lr:g} x global batch {global_batch} / 512 = {peak:.3g} (DeiT's scaling, tuned for 300 epochs at "
-            f"batch 1024): a run of {total_steps} steps likely needs a larger --lr"
+            f"lr {lr:g} x global batch {global_batch} / 512 = {peak:.3g} (DeiT's lr and scaling, made for 300 epochs "
+            f"at batch 1024): a run of {total_steps} steps likely needs a larger --lr"
         )
     return warnings

@@ -129,3 +129,4 @@ def test_each_cause_is_flagged_on_its_own():
     long_warmup = {**fixed, "warmup_epochs": 2.0}
     assert [w.split()[0] for w in short_run_warnings(**long_warmup, **run)] == ["warmup", "lr"]
     assert [w.split()[0] for w in short_run_warnings(**long_warmup, **{**run, "global_batch": 512})] == ["warmup"]
+    assert [w.split()[0] for w in short_run_warnings(**{**long_warmup, "lr": 1e-3}, **run)] == ["warmup"]  # chosen

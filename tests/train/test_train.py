@@ -240,7 +240,8 @@ def photo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, sub
     process's stderr is a pipe, not a terminal)."""
     root = tmp_path_factory.mktemp("photo_run")
     data = photo_image_folder(root / "photos")
-    proc = _ok(run_train(tiny_args(data=data, output_dir=root / "run", epochs=1, batch_size=8, progress=None)))
+    args = tiny_args(data=data, output_dir=root / "run", epochs=1, batch_size=8, progress=None, lr=None)
+    proc = _ok(run_train(args))
     return root / "run", data, proc
 
 
@@ -253,11 +254,11 @@ def test_run_on_photos_carries_its_class_names_and_draws_no_bar_in_a_pipe(photo_
 
 
 def test_short_run_warnings_name_the_numbers(photo_run):
-    """3 steps with TINY's recipe: its warmup, EMA and scaled lr are all too much for so short a run."""
+    """3 steps with TINY's recipe and DeiT's lr: its warmup, EMA and scaled lr are all wrong for so short a run."""
     stderr = photo_run[2].stderr
     assert "warning: warmup 0.5 epochs = 2 steps of the run's 3" in stderr
     assert "warning: EMA decay 0.9 averages over ~10 steps, the run has 3" in stderr
-    assert "warning: lr 0.01 x global batch 8 / 512 = 0.000156" in stderr
+    assert "warning: lr 0.0005 x global batch 8 / 512 = 7.81e-06" in stderr
 
 
 def test_eval_only_of_a_run_folder_needs_no_architecture_flags(photo_run, tmp_path: Path):
