@@ -148,9 +148,9 @@ class TrainProgress:
 def report_run_warnings(env: DistEnv, prog: str = "train.py") -> None:
     """Say fastdeit's warnings about the run (RUN_WARNINGS) once each, from rank 0 only, in one line:
     `train.py: warning: ...` (Python's format adds a source line that tells a user nothing). Other warnings are left
-    as they are."""
+    as they are, and so are filters already set for these (rank 0 appends its own after them)."""
     for category in RUN_WARNINGS:
-        warnings.filterwarnings("once" if env.is_main else "ignore", category=category)
+        warnings.filterwarnings("once" if env.is_main else "ignore", category=category, append=env.is_main)
     python_format = warnings.formatwarning
     if getattr(python_format, "one_line_for", None) == RUN_WARNINGS:
         return

@@ -298,6 +298,8 @@ def test_teacher_source_builds_the_teacher_without_touching_the_students_rng(tmp
 
 EPOCHS = 2  # 23 steps each: 46 in all, crossing an epoch boundary
 SLOW = pytest.mark.slow
+# A one-epoch run is short for TINY's warmup: train.py says so (tests/train/test_train.py checks the warnings).
+ONE_EPOCH = pytest.mark.filterwarnings("ignore::fastdeit.training.TrainingWarning")
 
 
 @pytest.fixture(scope="module")
@@ -411,6 +413,7 @@ def test_mismatched_runs_are_refused_before_training(recorded, teacher_file: Pat
 
 
 @SLOW
+@ONE_EPOCH
 def test_soft_distillation_from_top_k_record_equals_replay(teacher_file: Path, train_module, tmp_path: Path):
     """Soft distillation with a cache renormalises over the top-k logits in every run: the recording run (with the
     live teacher) and the replay (without) end with the same weights."""
@@ -423,6 +426,7 @@ def test_soft_distillation_from_top_k_record_equals_replay(teacher_file: Path, t
 
 
 @SLOW
+@ONE_EPOCH
 def test_two_processes_record_and_replay_their_shards(teacher_file: Path, train_module, tmp_path: Path):
     cache = tmp_path / "cache"
     common = tiny_args(
