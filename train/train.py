@@ -356,8 +356,7 @@ def main(config: TrainConfig) -> dict[str, float]:
                         f"loss is {mean_loss} at step {step} (epoch {epoch + 1}): stopping; {ckpts.last_good()}. "
                         "Try a lower --lr, --amp bf16 instead of fp16, or --clip-grad 1.0"
                     )
-                record = {"kind": "train", "step": step, "epoch": epoch + 1, "loss": mean_loss, "lr": lr}
-                metrics.log({**record, "img_per_s": img_per_s})
+                metrics.log(dict(kind="train", step=step, epoch=epoch + 1, loss=mean_loss, lr=lr, img_per_s=img_per_s))
                 progress.show(step, mean_loss, lr, img_per_s)
             if save_now:
                 save_checkpoint(epoch, epoch_step + 1, last_eval)
