@@ -228,7 +228,7 @@ class TrainConfig:
             if given is not None and key in recorded and not _same_value(given, recorded[key]):
                 raise ConfigError(
                     f"{key}: {given!r} given, but {where} records {_first(recorded[key])!r} (its model is "
-                    f"{recorded['model']}); leave it out to use the checkpoint's, or start from its weights with "
+                    f"{recorded.get('model')}); leave it out to use the checkpoint's, or start from its weights with "
                     "--finetune instead of --resume"
                 )
         # An override the run left unset stays so (the model's default, as then); model and image size are set.
