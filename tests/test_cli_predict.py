@@ -7,7 +7,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -16,6 +15,7 @@ from safetensors import safe_open
 import fastdeit
 import fastdeit.cli as cli
 from fastdeit.inference import imagenet_labels
+from tests.train.helpers import PHOTO_CLASSES, photo_image_folder
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -206,7 +206,7 @@ def test_progress_bar_only_on_a_terminal_unless_asked(capsys, models, photos):
 
 # --- training runs -----------------------------------------------------------------------------------------------
 
-RUN_CLASSES = ("cat", "coffee", "rocket")
+RUN_CLASSES = PHOTO_CLASSES
 
 
 def write_run(folder: Path) -> Path:
@@ -265,23 +265,6 @@ def test_export_of_a_convnet_is_a_user_error(capsys, tmp_path):
     code, _, stderr = run(capsys, "export", "--model", "convnet_tiny", "--format", "onnx", "--out", out)
     assert code == 2 and "fastdeit export exports DeiT models; --model convnet_tiny is" in stderr
     assert not out.exists()
-
-
-def photo_image_folder(root: Path) -> Path:
-    """An ImageFolder of scikit-image photos: root/{train,val}/{cat,coffee,rocket}/*.jpg, 8 and 2 crops per class."""
-    sources = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
-    rng = np.random.default_rng(0)
-    for name, photo in sources.items():
-        image = Image.fromarray(getattr(skimage_data, photo)())
-        for split, count in (("train", 8), ("val", 2)):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                w, h = image.size
-                side = int(min(w, h) * rng.uniform(0.6, 1.0))
-                left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-                crop = image.crop((left, top, left + side, top + side)).resize((48, 48))
-                crop.save(root / split / name / f"{i}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")

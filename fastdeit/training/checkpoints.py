@@ -7,7 +7,8 @@ types (`torch.load(weights_only=True)` reads it): model, model_ema, optimizer, s
 epoch, epoch_step, rng (one entry per rank), config, model_name, model_config, class_names, metrics.
 The RNG entry of a rank holds torch's CPU (and CUDA) generator state, which drives drop path, and the
 mixup and random-erasing generators. Python's and NumPy's global generators are not saved: nothing in
-training draws from them (the data pipeline derives its own from (seed, epoch, rank, step)).
+training draws from them (the data pipeline derives its own from (seed, epoch, rank, step)). A run resumes from
+its newest checkpoint that can be read.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastdeit.data.common import derive_seed
 from fastdeit.io import atomic_torch_save
-from fastdeit.models.checkpoint import checkpoint_name, list_checkpoints
+from fastdeit.models.checkpoint import checkpoint_name, list_checkpoints, load_newest
+from fastdeit.training.distributed import DistEnv, broadcast_object
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,23 +60,35 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         return latest_checkpoint(self.directory)
 
+    def last_good(self) -> str:
+        """Where the run stands when it has to stop: its newest checkpoint, for the message."""
+        latest = self.latest()
+        return f"the last good checkpoint is {latest} (kept)" if latest else "no checkpoint was written"
 
-def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint `--resume` names: a file, a folder's latest, or with "auto" the output folder's latest
-    (None when it has none yet: the run starts fresh)."""
-    if not resume:
-        return None
-    if resume == "auto":
-        return latest_checkpoint(output_dir)
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"resume: folder {str(path)!r} holds no ckpt_<step>.pt checkpoint")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"resume: checkpoint not found: {str(path)!r}")
-    return path
+
+def load_resume_checkpoint(
+    resume: str, output_dir: str | os.PathLike, env: DistEnv
+) -> tuple[Path | None, dict[str, Any]]:
+    """(file, state) of the checkpoint `--resume` names: a file, or a run folder's newest readable checkpoint; with
+    "auto", output_dir's, and (None, {}) when it has none yet (the run starts fresh); "": (None, {}).
+
+    Newer checkpoints that cannot be read (cut short, corrupt) are passed over with a CheckpointWarning naming them
+    (fastdeit.models.checkpoint.load_newest). Rank 0 chooses the file and every rank reads that one.
+    """
+    path, state = None, None
+    if env.is_main and resume:
+        where = Path(output_dir if resume == "auto" else resume).expanduser()
+        if where.is_file():
+            path, state = where, load_training_checkpoint(where)
+        elif list_checkpoints(where):
+            path, state = load_newest(where, load_training_checkpoint)
+        elif resume != "auto":
+            held = "holds no ckpt_<step>.pt checkpoint" if where.is_dir() else "does not exist"
+            raise FileNotFoundError(f"resume: {str(where)!r} {held}")
+    path = broadcast_object(path, env)
+    if path is None:
+        return None, {}
+    return path, state if state is not None else load_training_checkpoint(path)
 
 
 _REQUIRED = ("model", "optimizer", "step", "epoch", "epoch_step", "config")
@@ -92,6 +107,17 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "use --finetune instead of --resume"
         )
     return ckpt
+
+
+def seed_rank_generators(seed: int, rank: int) -> dict[str, torch.Generator]:
+    """Seed torch's global generator (drop path) and return the mixup and random-erasing generators of this rank,
+    each stream from (seed, stream, rank): every rank draws its own masks, mixes and erasures. `capture_rng`
+    saves them all."""
+    torch.manual_seed(derive_seed(seed, 1, rank))
+    return {
+        "mixup": torch.Generator().manual_seed(derive_seed(seed, 2, rank)),
+        "erasing": torch.Generator().manual_seed(derive_seed(seed, 3, rank)),
+    }
 
 
 def capture_rng(generators: dict[str, torch.Generator], device: torch.device) -> dict[str, torch.Tensor]:

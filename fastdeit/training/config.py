@@ -6,6 +6,9 @@ main.py), filled from YAML/JSON files and `--key value` arguments.
 Precedence: dataclass defaults < each `--config` file in order < command-line arguments. Keys may be
 written with dashes or underscores. Unknown keys, values of the wrong type and values out of range raise
 ConfigError naming the key, what was expected and what was given, before anything is built.
+
+The architecture keys (ARCHITECTURE_KEYS) left unset are filled by `TrainConfig.resolve`: from the checkpoint a run
+resumes (or evaluates), else from the model name.
 """
 
 from __future__ import annotations
@@ -24,21 +27,38 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from fastdeit.constants import DEFAULT_CROP_PCT
 from fastdeit.data.augment import CROP_SCALE, DEIT_RAND_AUGMENT, HFLIP
 from fastdeit.data.common import DataConfigError
 from fastdeit.data.config import LoaderConfig
 from fastdeit.data.mix import Mixup, RandomErasing
-from fastdeit.losses import DISTILLATION_TYPES
+from fastdeit.losses import DISTILLATION_TYPES, DistillationLoss
+from fastdeit.models import MODEL_CONFIGS
+from fastdeit.training.optim import DEIT_LR
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 OPTIMIZERS = ("adamw", "apex_fused_adam")
 MODEL_BACKENDS = ("auto", "triton", "torch")
+DEFAULT_MODEL = "deit_base_patch16_224"
+DEFAULT_IMG_SIZE = 224  # DeiT's; the size of a model whose name gives none (the convnets take any)
+# What the model is: left unset, taken from the checkpoint a run resumes, else from the model name (`resolve`).
+ARCHITECTURE_KEYS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+# Keys that may differ on resume without changing the run itself.
+RUN_ONLY_KEYS = frozenset(
+    {"resume", "eval_only", "output_dir", "progress", "tensorboard", "log_interval", "data_threads",
+     "allow_class_mismatch"}
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
     """A configuration a user gave is invalid (unknown key, wrong type, value out of range, missing file)."""
+
+
+class TrainingWarning(UserWarning):
+    """Something about a run that is allowed but likely unintended (a recipe too long for a short run, classes that
+    differ where they were allowed to)."""
 
 
 @contextlib.contextmanager
@@ -64,16 +84,22 @@ class TrainConfig:
     data: str = _opt("", "ImageFolder root (with train/ and val/), 'digits' or 'synthetic' (required)")
     data_backend: str = _opt("auto", "image decoder: auto (the faster one for the device and split), dali or pil")
     data_threads: int | None = _opt(None, "decoding threads per process (default: CPU count, at most 8)")
-    img_size: int = _opt(224, "training and eval input size")
+    img_size: int | None = _opt(
+        None, "training and eval input size; unset: the --resume checkpoint's, else the model's (224, or 384 for *_384)"
+    )
     crop_pct: float = _opt(DEFAULT_CROP_PCT, "eval: resize the shorter side to img_size / crop_pct, then center crop")
     # --- model
-    model: str = _opt("deit_base_patch16_224", "fastdeit model name (DeiT, or a convnet such as convnet_small)")
+    model: str | None = _opt(
+        None,
+        f"fastdeit model name (DeiT, or a convnet such as convnet_small); unset: the --resume checkpoint's, else "
+        f"{DEFAULT_MODEL}",
+    )
     backend: str = _opt("auto", "DeiT layers: auto (Triton on CUDA, PyTorch elsewhere), triton or torch")
-    patch_size: int | None = _opt(None, "architecture override (default: the model's)")
-    embed_dim: int | None = _opt(None, "architecture override (default: the model's)")
-    depth: int | None = _opt(None, "architecture override (default: the model's)")
-    num_heads: int | None = _opt(None, "architecture override (default: the model's)")
-    mlp_ratio: float | None = _opt(None, "architecture override (default: the model's)")
+    patch_size: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
+    embed_dim: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
+    depth: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
+    num_heads: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
+    mlp_ratio: float | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
     drop_path: float = _opt(0.1, "stochastic depth rate of the last block")
     grad_checkpointing: bool = _opt(False, "recompute blocks in backward to save memory")
     compile: bool = _opt(False, "torch.compile the model")
@@ -82,7 +108,7 @@ class TrainConfig:
     batch_size: int = _opt(64, "images per step per process (the global batch is batch_size x world size)")
     eval_batch_size: int | None = _opt(None, "eval images per step per process (default 1.5 x batch_size)")
     opt: str = _opt("adamw", "adamw (torch, fused on CUDA) or apex_fused_adam (NVIDIA apex, AdamW mode)")
-    lr: float = _opt(5e-4, "peak learning rate for a global batch of 512; scaled by global batch / 512")
+    lr: float = _opt(DEIT_LR, "peak learning rate for a global batch of 512; scaled by global batch / 512")
     opt_eps: float = _opt(1e-8, "AdamW epsilon")
     opt_betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas, e.g. 0.9,0.999")
     weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to norms, biases, tokens, pos-embed)")
@@ -108,7 +134,7 @@ class TrainConfig:
     model_ema: bool = _opt(True, "keep an EMA of the weights and evaluate it too")
     model_ema_decay: float = _opt(0.99996, "EMA decay per step")
     # --- distillation
-    distillation_type: str = _opt("none", "none, soft or hard")
+    distillation_type: str = _opt("none", "none, soft or hard (hard is DeiT's choice for its distilled models)")
     distillation_alpha: float = _opt(0.5, "weight of the distillation term")
     distillation_tau: float = _opt(1.0, "soft distillation temperature")
     teacher_model: str = _opt(
@@ -127,22 +153,34 @@ class TrainConfig:
     finetune: str = _opt(
         "", "initial weights (any format fastdeit reads): pos-embed resampled, head replaced if the class count differs"
     )
-    resume: str = _opt("", "training checkpoint to continue from, or 'auto' (the latest in output_dir, if any)")
+    resume: str = _opt(
+        "",
+        "training checkpoint or run folder (its newest readable checkpoint) to continue from, or 'auto' (output_dir's, "
+        "if any); the model is rebuilt as the checkpoint records it",
+    )
     eval_only: bool = _opt(False, "evaluate the --resume or --finetune weights and exit")
+    allow_class_mismatch: bool = _opt(
+        False, "go on (with a warning) when a teacher or --resume checkpoint names other classes than the dataset"
+    )
     eval_interval: int = _opt(1, "evaluate every this many epochs (and after the last)")
     # --- checkpoints and logs
     output_dir: str = _opt("runs/train", "checkpoints, metrics.jsonl, config.json and TensorBoard logs")
     ckpt_interval: int = _opt(0, "also save a checkpoint every this many steps (0: at epoch ends only)")
     keep_last: int = _opt(3, "checkpoints kept (older ones are deleted)")
     log_interval: int = _opt(50, "steps between train metrics (loss, lr, img/s) and non-finite loss checks")
-    progress: bool = _opt(True, "show a progress bar (else one line per log interval)")
+    progress: bool | None = _opt(
+        None, "a progress bar on stderr (unset: only when stderr is a terminal); without one, a line per log interval"
+    )
     tensorboard: bool = _opt(True, "write TensorBoard logs when tensorboard is installed")
     seed: int = _opt(0, "seed of the model init, data order, augmentations and drop path")
     device: str = _opt("auto", "auto (cuda when present), cuda or cpu")
 
     def loader_config(self, split: str, distributed: bool = False) -> LoaderConfig:
-        """The data loader settings of `split` ("train" or "val"); repeated augmentation only when `distributed`
-        (DeiT repeats only under DDP). Raises DataConfigError naming LoaderConfig's field (see `check`)."""
+        """The data loader settings of `split` ("train" or "val") of a resolved config (see `resolve`); repeated
+        augmentation only when `distributed` (DeiT repeats only under DDP). Raises DataConfigError naming
+        LoaderConfig's field (see `check`)."""
+        if self.img_size is None:
+            raise ValueError("loader_config needs the image size: resolve() the config first")
         config = LoaderConfig(
             img_size=self.img_size,
             batch_size=self.batch_size,
@@ -160,12 +198,48 @@ class TrainConfig:
         eval_batch = self.eval_batch_size if self.eval_batch_size is not None else int(1.5 * self.batch_size)
         return config.replace(batch_size=eval_batch)
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (tuples as lists): what checkpoints and config.json store."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    def changed_keys(self, recorded: dict[str, Any]) -> list[str]:
+        """The keys whose value differs from `recorded` (an earlier run's `to_dict()`), RUN_ONLY_KEYS left out."""
+        return sorted(k for k, v in self.to_dict().items() if k not in RUN_ONLY_KEYS and recorded.get(k) != v)
+
+    def resolve(self, checkpoint: dict[str, Any] | None = None, where: str = "the checkpoint") -> TrainConfig:
+        """This config with its unset architecture keys (ARCHITECTURE_KEYS) filled in.
+
+        checkpoint: the state of a train.py checkpoint this run resumes or evaluates (`where` names it in
+            messages): its model is rebuilt as it was trained, so unset keys take the values of the run that wrote
+            it, and a key set here to another value than its model's raises ConfigError naming both.
+        Without one, the model is DEFAULT_MODEL and the image size the model's (DEFAULT_IMG_SIZE for a convnet).
+        """
+        if checkpoint is None:
+            model = self.model or DEFAULT_MODEL
+            size = MODEL_CONFIGS.get(model, {}).get("img_size", DEFAULT_IMG_SIZE)
+            return self.replace(model=model, img_size=self.img_size if self.img_size is not None else size)
+        run = checkpoint.get("config") or {}
+        recorded = _recorded_architecture(checkpoint)
+        for key in ARCHITECTURE_KEYS:
+            given = getattr(self, key)
+            if given is not None and key in recorded and not _same_value(given, recorded[key]):
+                raise ConfigError(
+                    f"{key}: {given!r} given, but {where} records {_first(recorded[key])!r} (its model is "
+                    f"{recorded.get('model')}); leave it out to use the checkpoint's, or start from its weights with "
+                    "--finetune instead of --resume"
+                )
+        # An override the run left unset stays so (the model's default, as then); model and image size are set.
+        unset = [k for k in ARCHITECTURE_KEYS if getattr(self, k) is None]
+        return self.replace(
+            **{k: run[k] if k in run and k not in ("model", "img_size") else _first(recorded.get(k)) for k in unset}
+        )
+
     def check(self) -> TrainConfig:
-        """Raise ConfigError on the first invalid value; return self."""
+        """Raise ConfigError on the first invalid value; return self. Settings that the code using them validates
+        (data loader, mixup, random erasing, the loss) are checked by that code, here named by their keys."""
         from fastdeit.models import list_models
         from fastdeit.models.convnet import is_convnet, list_convnets
 
@@ -179,11 +253,16 @@ class TrainConfig:
                 f"data: {self.data!r} is not a directory; expected an ImageFolder root (root/train/<class>/..., "
                 "root/val/<class>/...), 'digits' or 'synthetic'"
             )
-        # The data settings are checked by the code that uses them; here only which key a failing field is.
+        if self.model is not None and self.model not in list_models() and not is_convnet(self.model):
+            known = list_models() + list_convnets()
+            close = difflib.get_close_matches(self.model, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"model: unknown model {self.model!r}{hint} Available: {', '.join(known)}")
+        resolved = self.resolve()
         loader_keys = {"backend": "data_backend", "num_threads": "data_threads"}
         data_checks: list[tuple[typing.Callable[[], object], dict[str, str]]] = [
-            (lambda: self.loader_config("train", distributed=True), loader_keys),
-            (lambda: self.loader_config("val"), {**loader_keys, "batch_size": "eval_batch_size"}),
+            (lambda: resolved.loader_config("train", distributed=True), loader_keys),
+            (lambda: resolved.loader_config("val"), {**loader_keys, "batch_size": "eval_batch_size"}),
             (
                 lambda: Mixup.check_settings(
                     self.mixup, self.cutmix, self.mixup_prob, self.mixup_switch_prob, self.smoothing
@@ -203,6 +282,11 @@ class TrainConfig:
                 validate()
             except DataConfigError as e:
                 raise ConfigError(f"{keys.get(e.field, e.field)}: expected {e.expected}, got {e.value!r}") from None
+        # The loss checks its settings; built with one of them at a time (the others DeiT's), its error is that key's.
+        for key, argument in (("distillation_alpha", "alpha"), ("distillation_tau", "tau")):
+            settings = {"alpha": 0.5, "tau": 1.0, argument: getattr(self, key)}
+            with user_errors(key):
+                DistillationLoss(nn.Identity(), None, "none", **settings)
         choices = {
             "backend": MODEL_BACKENDS,
             "opt": OPTIMIZERS,
@@ -213,69 +297,86 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {', '.join(allowed)}")
-        if self.model not in list_models() and not is_convnet(self.model):
-            known = list_models() + list_convnets()
-            close = difflib.get_close_matches(self.model, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"model: unknown model {self.model!r}{hint} Available: {', '.join(known)}")
-        positive = [
-            "epochs",
-            "lr",
-            "opt_eps",
-            "eval_interval",
-            "keep_last",
-            "log_interval",
-            "distillation_tau",
-            "patch_size",
-            "embed_dim",
-            "depth",
-            "num_heads",
-            "mlp_ratio",
-            "clip_grad",
-        ]
-        for key in positive:
+        positive = ["epochs", "lr", "opt_eps", "eval_interval", "keep_last", "log_interval", "clip_grad"]
+        for key in positive + ["patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"]:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 fail(key, "a value > 0")
-        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "ckpt_interval"]:
+        for key in ["weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "ckpt_interval", "teacher_cache_topk"]:
             if not getattr(self, key) >= 0:
                 fail(key, "a value >= 0")
-        for key in ["model_ema_decay", "distillation_alpha"]:
-            if not 0 <= getattr(self, key) <= 1:
-                fail(key, "a value in [0, 1]")
+        if not 0 <= self.model_ema_decay <= 1:
+            fail("model_ema_decay", "a value in [0, 1]")
         if not 0 <= self.drop_path < 1:
             fail("drop_path", "a value in [0, 1)")
         if not all(0 <= b < 1 for b in self.opt_betas):
             fail("opt_betas", "two values in [0, 1)")
-        if self.distillation_type != "none" and not (self.teacher_path or self.teacher_cache):
-            raise ConfigError(
-                f"distillation_type={self.distillation_type!r} needs a teacher: --teacher-path (a fastdeit checkpoint "
-                "or output folder, a TorchScript or .pt2 file, or the weights of --teacher-model, e.g. regnety_160), "
-                "or --teacher-cache (a folder of its recorded outputs)"
-            )
-        if self.teacher_cache and self.distillation_type == "none":
-            fail("teacher_cache", "no value without distillation (--distillation-type hard or soft)")
-        if self.teacher_cache_topk < 0:
-            fail("teacher_cache_topk", "a value >= 0")
-        if self.teacher_cache_topk and not self.teacher_cache:
-            fail("teacher_cache_topk", "0 without --teacher-cache")
-        if self.teacher_cache and self.distillation_type == "soft" and not self.teacher_cache_topk:
-            raise ConfigError(
-                "teacher_cache with soft distillation needs --teacher-cache-topk K: the cache then keeps the teacher's "
-                "K largest logits and the probability of the rest, an approximation of the full distribution whose "
-                "error the README gives (hard distillation needs only the labels, and is exact)"
-            )
+        self._check_teacher()
         if self.resume and self.finetune:
             raise ConfigError("give --resume (continue a run) or --finetune (start from weights), not both")
         if self.eval_only and not (self.resume or self.finetune):
             raise ConfigError("eval_only needs weights: --resume CHECKPOINT or --finetune WEIGHTS")
         if self.finetune and not Path(self.finetune).expanduser().exists():
             raise FileNotFoundError(f"finetune: file not found: {self.finetune!r}")
-        if self.distillation_type != "none" and self.teacher_path and not Path(self.teacher_path).expanduser().exists():
-            raise FileNotFoundError(f"teacher_path: file not found: {self.teacher_path!r}")
         if self.resume not in ("", "auto") and not Path(self.resume).expanduser().exists():
             raise FileNotFoundError(f"resume: checkpoint not found: {self.resume!r} (or pass 'auto')")
         return self
+
+    def _check_teacher(self) -> None:
+        """Distillation needs a teacher (or its recorded outputs), and a teacher needs distillation."""
+        distill = self.distillation_type != "none"
+        if distill and not (self.teacher_path or self.teacher_cache):
+            raise ConfigError(
+                f"distillation_type={self.distillation_type!r} needs a teacher: --teacher-path (a fastdeit checkpoint "
+                "or output folder, a TorchScript or .pt2 file, or the weights of --teacher-model, e.g. regnety_160), "
+                "or --teacher-cache (a folder of its recorded outputs)"
+            )
+        if self.teacher_path and not distill:
+            # DeiT's main.py defaults to no distillation and then ignores a teacher: a silent no-op, refused here.
+            raise ConfigError(
+                "teacher_path is given but distillation_type is 'none' (the default): the teacher would not be used; "
+                "add --distillation-type hard (DeiT's choice for its distilled models) or soft, or leave out "
+                "--teacher-path"
+            )
+        if self.teacher_cache and not distill:
+            raise ConfigError(
+                "teacher_cache: expected no value without distillation (--distillation-type hard or soft), got "
+                f"{self.teacher_cache!r}"
+            )
+        if self.teacher_cache_topk and not self.teacher_cache:
+            raise ConfigError(f"teacher_cache_topk: expected 0 without --teacher-cache, got {self.teacher_cache_topk}")
+        if self.teacher_cache and self.distillation_type == "soft" and not self.teacher_cache_topk:
+            raise ConfigError(
+                "teacher_cache with soft distillation needs --teacher-cache-topk K: the cache then keeps the teacher's "
+                "K largest logits and the probability of the rest, an approximation of the full distribution whose "
+                "error the README gives (hard distillation needs only the labels, and is exact)"
+            )
+        if self.teacher_path and not Path(self.teacher_path).expanduser().exists():
+            raise FileNotFoundError(f"teacher_path: file not found: {self.teacher_path!r}")
+
+
+def _recorded_architecture(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """ARCHITECTURE_KEYS -> the value of the model a train.py checkpoint holds: its run's config, overridden by what
+    its model records (the whole architecture, where the run may have left keys to the model's defaults)."""
+    run = checkpoint.get("config") or {}
+    recorded = {k: run[k] for k in ARCHITECTURE_KEYS if run.get(k) is not None}
+    if checkpoint.get("model_name"):
+        recorded["model"] = checkpoint["model_name"]
+    model = checkpoint.get("model_config") or {}
+    recorded.update({k: model[k] for k in ARCHITECTURE_KEYS if k in model})
+    return recorded
+
+
+def _same_value(given: Any, recorded: Any) -> bool:
+    """A single number given for a recorded (height, width) pair means a square one."""
+    if isinstance(recorded, list | tuple) and not isinstance(given, list | tuple):
+        return all(r == given for r in recorded)
+    return given == recorded
+
+
+def _first(value: Any) -> Any:
+    """A square (height, width) pair as the one number train.py's keys hold."""
+    return value[0] if isinstance(value, list | tuple) and len(set(value)) == 1 else value
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -375,7 +476,7 @@ def build_arg_parser(prog: str = "train.py", description: str | None = None) -> 
         flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])  # dashes or underscores
         default = f.default if not isinstance(f.default, tuple) else ",".join(map(str, f.default))
         help_text = f"{f.metadata['help']} (default: {default})"
-        if tp is bool:
+        if bool in (tp, *typing.get_args(tp)):
             # `--eval-only` alone means true; `--tensorboard false` turns a default-on flag off.
             parser.add_argument(
                 *flags, dest=name, nargs="?", const="true", default=argparse.SUPPRESS, metavar="BOOL", help=help_text

@@ -1,8 +1,11 @@
-"""Building the model a run trains (a DeiT, or the demo's convnet) and loading starting weights into it."""
+"""Building the model a run trains (a DeiT, or the demo's convnet), loading starting weights into it, and checking
+that a teacher's or a checkpoint's classes are the dataset's."""
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -10,6 +13,9 @@ from torch import nn
 from fastdeit.models import VisionTransformer, create_model
 from fastdeit.models.checkpoint import load_state_dict, read_checkpoint
 from fastdeit.models.convnet import create_convnet, is_convnet
+from fastdeit.training.config import TrainingWarning
+
+_SHOWN_CLASSES = 10  # differing classes listed, and names shown of each list, in a class mismatch
 
 
 def build_model(
@@ -67,3 +73,38 @@ def load_finetune_weights(model: nn.Module, path: str | os.PathLike, *, allow_ne
         other = ", other class names" if stored == model.num_classes else ""
         notes.append(f"new {model.num_classes}-class head (the checkpoint's has {stored} classes{other})")
     return ", ".join(notes)
+
+
+def check_class_names(theirs: Sequence[str], dataset: Sequence[str], *, what: str, allow: bool = False) -> None:
+    """Check that output i of a `what` ("teacher", "checkpoint") is the dataset's class i, by their names.
+
+    Labels are class indices, so other names in the same count (another order, renamed folders) give no error
+    anywhere else: a student distilled from such a teacher learns wrong labels, an evaluation scores the wrong
+    classes. Raises ValueError listing the differing entries first, then both lists; with `allow`, a TrainingWarning
+    says the same and the run goes on. Another class count is always an error.
+    """
+    theirs, dataset = tuple(theirs), tuple(dataset)
+    if theirs == dataset:
+        return
+    if len(theirs) != len(dataset):
+        raise ValueError(
+            f"the {what} has {len(theirs)} classes, the dataset {len(dataset)}:\n  {what}: {_preview(theirs)}\n"
+            f"  dataset: {_preview(dataset)}"
+        )
+    differ = [i for i, (a, b) in enumerate(zip(theirs, dataset, strict=True)) if a != b]
+    lines = [f"the {what}'s classes are not the dataset's (output i must be the dataset's class i):"]
+    lines += [f"  class {i}: {what} {theirs[i]!r}, dataset {dataset[i]!r}" for i in differ[:_SHOWN_CLASSES]]
+    if len(differ) > _SHOWN_CLASSES or len(theirs) > _SHOWN_CLASSES:
+        lines.append(f"  ({len(differ)} of {len(theirs)} classes differ)")
+    lines += [f"  {what} ({len(theirs)}): {_preview(theirs)}", f"  dataset ({len(dataset)}): {_preview(dataset)}"]
+    if allow:
+        warnings.warn("\n".join(lines) + "\n--allow-class-mismatch: going on", TrainingWarning, stacklevel=2)
+        return
+    lines.append(f"Use a {what} of the dataset's classes in its order, or pass --allow-class-mismatch to go on anyway")
+    raise ValueError("\n".join(lines))
+
+
+def _preview(names: tuple[str, ...]) -> str:
+    if len(names) <= _SHOWN_CLASSES:
+        return str(list(names))
+    return str(list(names[:_SHOWN_CLASSES]))[:-1] + ", ...]"

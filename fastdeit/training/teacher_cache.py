@@ -57,6 +57,7 @@ with top-k, plus a few hundred bytes per chunk file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -64,6 +65,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +78,10 @@ from torch import nn
 from fastdeit.data.augment import RandAugmentConfig
 from fastdeit.io import atomic_write
 from fastdeit.losses import TeacherOutput, topk_tail_logmass
-from fastdeit.training.checkpoints import latest_checkpoint
+from fastdeit.models.checkpoint import list_checkpoints, load_newest, read_checkpoint
 from fastdeit.training.config import ConfigError, TrainConfig, user_errors
 from fastdeit.training.distributed import DistEnv, all_gather_objects
+from fastdeit.training.teachers import load_teacher
 
 FORMAT = "fastdeit-teacher-cache"
 VERSION = 1
@@ -469,13 +472,13 @@ def _runs(positions: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
 
 
 def teacher_identity(teacher_path: str, teacher_model: str) -> dict[str, Any]:
-    """The teacher file a run names (a folder means its latest checkpoint, as load_teacher reads it), by content."""
+    """The teacher file a run names (a folder means its newest readable checkpoint, the one load_teacher reads), by
+    content."""
     path = Path(teacher_path).expanduser()
     if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
+        if not list_checkpoints(path):
             raise FileNotFoundError(f"teacher_path {str(path)!r} is a folder without ckpt_<step>.pt checkpoints")
-        path = found
+        path, _ = load_newest(path, read_checkpoint)
     return {"file": str(path), "sha256": file_sha256(path), "teacher_model": teacher_model}
 
 
@@ -519,16 +522,30 @@ class TeacherSource:
     def build(
         cls,
         config: TrainConfig,
-        load_live: Callable[[], nn.Module] | None,
         *,
         env: DistEnv,
         amp: str,
+        autocast: contextlib.AbstractContextManager,
         loader: Any,
         data_info: Any,
         log: Callable[[str], None] = print,
     ) -> TeacherSource:
-        """train.py's teacher: `load_live` (None without --teacher-path) loads it; config.teacher_cache, when set,
-        names the cache for the batches of `loader` (the train loader, with `data_info` its DataInfo)."""
+        """train.py's teacher: config.teacher_path and teacher_model, loaded by `load_teacher` (checked against the
+        dataset of `data_info`, run under `autocast`, `amp` naming its dtype) when some step needs it; and
+        config.teacher_cache, when set, the cache for the batches of `loader` (the train loader, with `data_info` its
+        DataInfo)."""
+        load_live = partial(
+            load_teacher,
+            config.teacher_path,
+            config.teacher_model,
+            num_classes=data_info.num_classes,
+            img_size=config.img_size,
+            batch_size=config.batch_size,
+            device=env.device,
+            autocast=autocast,
+            class_names=data_info.class_names,
+            allow_class_mismatch=config.allow_class_mismatch,
+        )
         cache = None
         if config.teacher_cache:
             key = batch_key(
@@ -560,7 +577,10 @@ class TeacherSource:
         devices = [self.env.device.index or 0] if self.env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), user_errors("teacher"):
             live = self._load_live()
-        self.log(f"teacher: {getattr(live, 'description', type(live).__name__)}")
+        # load_teacher checks the names a teacher records against the dataset's; without them, only the count.
+        named = getattr(live, "class_names", None) is not None
+        note = "" if named else " (records no class names: only its class count is checked)"
+        self.log(f"teacher: {getattr(live, 'description', type(live).__name__)}{note}")
         return live
 
     def _plan(self, epoch: int, step: int) -> None:

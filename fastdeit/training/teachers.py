@@ -14,7 +14,9 @@ Sources (`model` names the architecture; empty means "read it from `path`"):
 The returned FrozenTeacher is in eval mode (and stays there), has no trainable parameters, and feeds its
 inputs channels_last (the fast layout for convolutions under autocast). Before training, one forward
 on a dummy batch checks that it returns (batch, num_classes) logits: a teacher trained on another label
-set (ImageNet-1k's 1000 classes for a 10-class dataset) is an error, not a silent mismatch.
+set (ImageNet-1k's 1000 classes for a 10-class dataset) is an error, not a silent mismatch. A teacher that records
+its class names (fastdeit models) is also checked against the dataset's: the same count in another order would
+teach the student wrong labels.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,7 +33,7 @@ from torch import nn
 from fastdeit.models import list_models, read_checkpoint
 from fastdeit.models.build import model_from_checkpoint
 from fastdeit.models.convnet import is_convnet
-from fastdeit.training.models import build_model, load_finetune_weights
+from fastdeit.training.models import build_model, check_class_names, load_finetune_weights
 
 
 class FrozenTeacher(nn.Module):
@@ -118,9 +121,13 @@ def load_teacher(
     batch_size: int,
     device: str | torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
+    class_names: Sequence[str] | None = None,
+    allow_class_mismatch: bool = False,
 ) -> FrozenTeacher:
     """The frozen teacher described by `path` and `model` (see the module docstring), on `device`, checked to
-    predict `num_classes` classes on a (batch_size, 3, img_size, img_size) batch under `autocast`."""
+    predict `num_classes` classes on a (batch_size, 3, img_size, img_size) batch under `autocast`, and, when it
+    records class names, to name them as `class_names` (the dataset's; see `check_class_names`, whose
+    `allow` is `allow_class_mismatch`)."""
     device = torch.device(device)
     if not path:
         raise ValueError(f"a teacher needs weights: pass teacher_path (teacher_model={model!r} alone is untrained)")
@@ -150,6 +157,8 @@ def load_teacher(
     check_teacher(
         teacher, num_classes=num_classes, img_size=img_size, batch_size=batch_size, device=device, autocast=autocast
     )
+    if class_names is not None and teacher.class_names is not None:
+        check_class_names(teacher.class_names, class_names, what="teacher", allow=allow_class_mismatch)
     return teacher
 
 

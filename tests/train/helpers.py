@@ -1,4 +1,5 @@
-"""Shared pieces of the training tests: running train/train.py, a tiny fast model configuration, a teacher file."""
+"""Shared pieces of the training tests: running train/train.py, a tiny fast model configuration, a teacher file, an
+ImageFolder of real photos."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
+from PIL import Image
 
 from fastdeit.io import atomic_torch_save
 from fastdeit.models.convnet import create_convnet
@@ -28,10 +31,15 @@ TINY = (
 
 
 def tiny_args(**overrides: object) -> list[str]:
-    """TINY plus `--key value` overrides (underscores in keys become dashes)."""
+    """TINY plus `--key value` overrides (underscores in keys become dashes); None leaves TINY's `key` out."""
     args = list(TINY)
     for key, value in overrides.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if flag in args:
+            i = args.index(flag)
+            del args[i : i + 2]
+        if value is not None:
+            args += [flag, str(value)]
     return args
 
 
@@ -54,9 +62,10 @@ def load_train_module() -> ModuleType:
     return module
 
 
-def write_convnet_teacher(path: Path, num_classes: int = 10) -> Path:
-    """An (untrained) convnet saved as train.py saves its checkpoints: enough to test the distillation plumbing."""
-    model = create_convnet("convnet_tiny", num_classes=num_classes)
+def write_convnet_teacher(path: Path, num_classes: int = 10, class_names: list[str] | None = None) -> Path:
+    """An (untrained) convnet saved as train.py saves its checkpoints: enough to test the distillation plumbing.
+    Without `class_names` it records none (as a checkpoint of an earlier version)."""
+    model = create_convnet("convnet_tiny", num_classes=num_classes, class_names=class_names)
     state = {
         "model": model.state_dict(),
         "model_name": model.model_name,
@@ -73,3 +82,25 @@ def final_state(output_dir: Path) -> dict:
     path = latest_checkpoint(output_dir)
     assert path is not None, f"no checkpoint in {output_dir}"
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+PHOTO_CLASSES = ("cat", "coffee", "rocket")
+
+
+def photo_image_folder(root: Path) -> Path:
+    """An ImageFolder of scikit-image photos: root/{train,val}/{cat,coffee,rocket}/*.jpg, 8 and 2 crops per class."""
+    from skimage import data as skimage_data
+
+    sources = dict(zip(PHOTO_CLASSES, ("chelsea", "coffee", "rocket"), strict=True))
+    rng = np.random.default_rng(0)
+    for name, photo in sources.items():
+        image = Image.fromarray(getattr(skimage_data, photo)())
+        for split, count in (("train", 8), ("val", 2)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                w, h = image.size
+                side = int(min(w, h) * rng.uniform(0.6, 1.0))
+                left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+                crop = image.crop((left, top, left + side, top + side)).resize((48, 48))
+                crop.save(root / split / name / f"{i}.jpg", quality=90)
+    return root

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdeit.training import CheckpointManager, capture_rng, list_checkpoints, resolve_resume, restore_rng
+from fastdeit.models.checkpoint import CheckpointWarning
+from fastdeit.training import (
+    CheckpointManager,
+    DistEnv,
+    capture_rng,
+    list_checkpoints,
+    load_resume_checkpoint,
+    restore_rng,
+)
 from fastdeit.training.checkpoints import all_finite, checkpoint_name, load_training_checkpoint
 from tests.helpers import small_model
 
@@ -22,14 +30,25 @@ def test_keeps_the_last_k_and_finds_the_latest(tmp_path: Path):
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
 
-def test_resolve_resume(tmp_path: Path):
-    assert resolve_resume("", tmp_path) is None
-    assert resolve_resume("auto", tmp_path) is None  # nothing yet: a fresh start
-    CheckpointManager(tmp_path, 3).save({}, 3)
-    assert resolve_resume("auto", tmp_path) == tmp_path / checkpoint_name(3)
-    assert resolve_resume(str(tmp_path), tmp_path / "elsewhere") == tmp_path / checkpoint_name(3)
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        resolve_resume(str(tmp_path / "missing.pt"), tmp_path)
+def test_load_resume_checkpoint(tmp_path: Path):
+    env = DistEnv(0, 0, 1, torch.device("cpu"))
+    assert load_resume_checkpoint("", tmp_path, env) == (None, {})
+    assert load_resume_checkpoint("auto", tmp_path, env) == (None, {})  # nothing yet: a fresh start
+    state = {"model": {}, "optimizer": {}, "step": 3, "epoch": 0, "epoch_step": 3, "config": {}}
+    CheckpointManager(tmp_path, 3).save(state, 3)
+    assert load_resume_checkpoint("auto", tmp_path, env) == (tmp_path / checkpoint_name(3), state)
+    assert load_resume_checkpoint(str(tmp_path), tmp_path / "elsewhere", env)[0] == tmp_path / checkpoint_name(3)
+    # a newer checkpoint that cannot be read is passed over, and named
+    (tmp_path / checkpoint_name(4)).write_bytes((tmp_path / checkpoint_name(3)).read_bytes()[:100])
+    with pytest.warns(CheckpointWarning, match=f"passing over {tmp_path / checkpoint_name(4)}"):
+        assert load_resume_checkpoint("auto", tmp_path, env)[0] == tmp_path / checkpoint_name(3)
+    with pytest.raises(ValueError, match="could not read training checkpoint"):  # named explicitly: an error
+        load_resume_checkpoint(str(tmp_path / checkpoint_name(4)), tmp_path, env)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_resume_checkpoint(str(tmp_path / "missing.pt"), tmp_path, env)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no ckpt_<step>.pt"):
+        load_resume_checkpoint(str(tmp_path / "empty"), tmp_path, env)
 
 
 def test_load_rejects_weights_only_files(tmp_path: Path):

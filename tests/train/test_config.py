@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdeit.training import ConfigError, TrainConfig, load_config_file, parse_config
+from fastdeit.training import ConfigError, TrainConfig, build_model, load_config_file, parse_config
 from tests.train.helpers import REPO
 
 
@@ -55,8 +55,64 @@ def test_flags_override_and_are_typed():
     assert c.eval_batch_size is None and c.compile is True and c.tensorboard is False and c.model_ema is False
 
 
+def test_progress_bar_only_on_a_terminal_unless_asked():
+    assert TrainConfig(data="digits").progress is None  # fastdeit._env.show_progress: a bar on a terminal only
+    assert parse_config(["--data", "digits", "--progress"]).progress is True
+    assert parse_config(["--data", "digits", "--progress", "false"]).progress is False
+
+
+def test_architecture_defaults_are_left_to_the_model_or_checkpoint():
+    """Unset, the architecture comes from the --resume checkpoint, else from the model name (see `resolve`)."""
+    c = TrainConfig(data="digits")
+    assert (c.model, c.img_size) == (None, None)
+    assert (c.resolve().model, c.resolve().img_size) == ("deit_base_patch16_224", 224)
+    assert c.replace(model="deit_base_distilled_patch16_384").resolve().img_size == 384
+    assert c.replace(model="convnet_tiny").resolve().img_size == 224  # a convnet takes any size: DeiT's
+
+
+def _checkpoint_state(**train_flags: object) -> dict:
+    """What resolve reads of a train.py checkpoint: the model's name and config, and the run's config."""
+    config = TrainConfig(data="digits", model="deit_tiny_distilled_patch16_224", img_size=16, **train_flags)
+    model = build_model(config.model, num_classes=10, img_size=16, backend="torch", **train_flags)
+    return {"model_name": model.model_name, "model_config": model.model_config, "config": config.to_dict()}
+
+
+def test_resolve_takes_the_architecture_from_the_checkpoint():
+    state = _checkpoint_state(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    c = TrainConfig(data="digits").resolve(state, where="ckpt_00000046.pt")
+    assert (c.model, c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio) == (
+        "deit_tiny_distilled_patch16_224",
+        16,
+        4,
+        32,
+        2,
+        2,
+        None,
+    )
+    # the same values given again are no contradiction; an override the run left at the model's default neither
+    same = TrainConfig(data="digits", model="deit_tiny_distilled_patch16_224", depth=2, mlp_ratio=4.0, img_size=16)
+    assert same.resolve(state, where="ckpt").depth == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"depth": 3}, "depth: 3 given, but ckpt_00000046.pt records 2"),
+        ({"img_size": 32}, "img_size: 32 given, but ckpt_00000046.pt records 16"),
+        ({"model": "deit_small_distilled_patch16_224"}, "model: 'deit_small_distilled_patch16_224' given, but "),
+    ],
+)
+def test_resolve_refuses_flags_that_contradict_the_checkpoint(flags: dict, message: str):
+    state = _checkpoint_state(patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(data="digits", **flags).resolve(state, where="ckpt_00000046.pt")
+    assert message in str(err.value) and "leave it out" in str(err.value)
+
+
 def test_loader_config_is_built_from_the_data_keys():
-    c = parse_config(["--data", "digits", "--rand-augment", "none", "--batch-size", "10", "--data-threads", "3"])
+    c = parse_config(
+        ["--data", "digits", "--rand-augment", "none", "--batch-size", "10", "--data-threads", "3"]
+    ).resolve()
     train, val = c.loader_config("train"), c.loader_config("val")
     assert train.rand_augment is None and train.repeated_aug == 1 and c.loader_config("train", True).repeated_aug == 3
     assert (train.batch_size, val.batch_size, train.num_threads, train.crop_pct) == (10, 15, 3, 0.875)
@@ -76,7 +132,8 @@ def test_files_then_flags(tmp_path: Path):
 def test_shipped_configs_are_valid(name: str, tmp_path: Path):
     values = load_config_file(REPO / "train" / "configs" / name)
     # The ImageNet configs name neither the data nor the teacher's weights: the command line does.
-    c = TrainConfig(**{**values, "data": "digits", "teacher_path": str(tmp_path)}).check()
+    teacher = {"teacher_path": str(tmp_path)} if values.get("distillation_type", "none") != "none" else {}
+    c = TrainConfig(**{**values, "data": "digits", **teacher}).check()
     assert c.model
 
 
@@ -114,6 +171,14 @@ def test_config_round_trips_through_weights_only_load(tmp_path: Path):
         (["--data", "digits", "--distillation-type", "medium"], "distillation_type: expected one of none, soft, hard"),
         (["--data", "digits", "--model", "deit_tiny_patch16"], "did you mean deit_tiny_patch16_224"),
         (["--data", "digits", "--distillation-type", "hard"], "needs a teacher"),
+        (["--data", "digits", "--distillation-alpha", "1.5"], "distillation_alpha: alpha must be in [0, 1], got 1.5"),
+        (["--data", "digits", "--distillation-tau", "0"], "distillation_tau: tau must be > 0, got 0.0"),
+        # DeiT's main.py defaults to no distillation and then ignores a teacher: here a teacher alone is an error.
+        (
+            ["--data", "digits", "--teacher-path", "t.pt"],
+            "teacher_path is given but distillation_type is 'none' (the default): the teacher would not be used; "
+            "add --distillation-type hard",
+        ),
         (["--data", "digits", "--eval-only"], "eval_only needs weights"),
         ([], "data: expected an ImageFolder path, 'digits' or 'synthetic'"),
         (["--data", "/no/such/imagenet"], "'/no/such/imagenet' is not a directory"),

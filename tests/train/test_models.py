@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.training import build_model, load_finetune_weights
+from fastdeit.training import build_model, check_class_names, load_finetune_weights
 from tests.helpers import small_model
 
 
@@ -64,3 +64,23 @@ def test_convnet_weights_round_trip(tmp_path: Path):
     torch.testing.assert_close(loaded.eval()(x), source.eval()(x))
     with pytest.raises(ValueError, match=r"head on 64 features, the model's is on 128: another architecture"):
         load_finetune_weights(create_convnet("convnet_small", num_classes=10), tmp_path / "c.pt")
+
+
+def test_class_names_check_shows_the_differing_entries_first():
+    dataset = [f"n{i:08d}" for i in range(1000)]  # ImageNet's folder names
+    checkpoint = list(dataset)
+    checkpoint[3], checkpoint[500] = "tench", "goldfish"
+    with pytest.raises(ValueError) as err:
+        check_class_names(checkpoint, dataset, what="checkpoint")
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("the checkpoint's classes are not the dataset's")
+    assert lines[1:4] == [
+        "  class 3: checkpoint 'tench', dataset 'n00000003'",
+        "  class 500: checkpoint 'goldfish', dataset 'n00000500'",
+        "  (2 of 1000 classes differ)",
+    ]
+    assert lines[4].startswith("  checkpoint (1000): ['n00000000', 'n00000001', 'n00000002', 'tench', ")
+    assert lines[4].endswith(", ...]") and lines[5].startswith("  dataset (1000): ['n00000000', ")
+    check_class_names(dataset, dataset, what="checkpoint")
+    with pytest.raises(ValueError, match=r"the checkpoint has 999 classes, the dataset 1000"):
+        check_class_names(dataset[:-1], dataset, what="checkpoint", allow=True)  # a count never fits

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.training import build_optimizer, cosine_lr, param_groups, scaled_lr
+from fastdeit.training import build_optimizer, cosine_lr, param_groups, scaled_lr, short_run_warnings
 from tests.helpers import small_model
 
 SCHEDULE = dict(peak_lr=1e-3, warmup_lr=1e-6, min_lr=1e-5, warmup_steps=50, total_steps=1000)
@@ -96,3 +96,37 @@ def test_apex_asked_for_but_missing_is_a_clear_error():
             eps=1e-8,
             device=torch.device("cpu"),
         )
+
+
+# --- the recipe on a short run -------------------------------------------------------------------------------------
+
+RECIPE = dict(warmup_epochs=5.0, lr=5e-4, ema_decay=0.99996)  # DeiT's defaults (TrainConfig's)
+
+
+def test_the_default_recipe_on_a_short_run_is_flagged_with_numbers_and_fixes():
+    # 3 epochs of 100 steps at batch 64: warmup, EMA and the scaled lr each keep the model from training.
+    warnings = short_run_warnings(**RECIPE, steps_per_epoch=100, total_steps=300, global_batch=64)
+    assert len(warnings) == 3, warnings
+    warmup, ema, lr = warnings
+    assert "warmup 5 epochs = 500 steps of the run's 300" in warmup and "--warmup-epochs 0.3" in warmup
+    assert "EMA decay 0.99996 averages over ~25,000 steps, the run has 300" in ema
+    assert "99% the initial weights" in ema and "--model-ema-decay 0.9667 or --model-ema false" in ema
+    assert "lr 0.0005 x global batch 64 / 512 = 6.25e-05" in lr and "--lr" in lr
+
+
+def test_the_full_recipe_is_not_flagged():
+    # ImageNet-1k, 300 epochs: 1,251 steps per epoch at a global batch of 1024, or 20,018 at 64 (one GPU).
+    for global_batch, steps_per_epoch in ((1024, 1251), (64, 20018)):
+        run = dict(steps_per_epoch=steps_per_epoch, total_steps=300 * steps_per_epoch, global_batch=global_batch)
+        assert short_run_warnings(**RECIPE, **run) == []
+
+
+def test_each_cause_is_flagged_on_its_own():
+    run = dict(steps_per_epoch=100, total_steps=300, global_batch=64)
+    fixed = dict(warmup_epochs=0.3, lr=5e-4, ema_decay=0.9667)  # the suggested values
+    assert short_run_warnings(**fixed, **run) == []  # a scaled-down lr alone is the user's choice: not flagged
+    assert short_run_warnings(**{**fixed, "ema_decay": None}, **run) == []  # no EMA
+    long_warmup = {**fixed, "warmup_epochs": 2.0}
+    assert [w.split()[0] for w in short_run_warnings(**long_warmup, **run)] == ["warmup", "lr"]
+    assert [w.split()[0] for w in short_run_warnings(**long_warmup, **{**run, "global_batch": 512})] == ["warmup"]
+    assert [w.split()[0] for w in short_run_warnings(**{**long_warmup, "lr": 1e-3}, **run)] == ["warmup"]  # chosen

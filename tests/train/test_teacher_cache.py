@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastdeit.models.checkpoint import CheckpointWarning
 from fastdeit.training import ConfigError, list_checkpoints, parse_config
 from fastdeit.training.checkpoints import checkpoint_name
 from fastdeit.training.distributed import DistEnv
@@ -249,6 +250,10 @@ def test_teacher_identity_is_the_file_content(tmp_path: Path):
     a = write_convnet_teacher(tmp_path / "run" / checkpoint_name(3))
     b = write_convnet_teacher(tmp_path / "b.pt")
     assert teacher_identity(str(tmp_path / "run"), "")["file"] == str(a)  # a folder: its latest checkpoint
+    # ... that can be read, the one load_teacher loads
+    (tmp_path / "run" / checkpoint_name(5)).write_bytes(a.read_bytes()[:100])
+    with pytest.warns(CheckpointWarning, match="passing over"):
+        assert teacher_identity(str(tmp_path / "run"), "")["file"] == str(a)
     assert teacher_identity(str(a), "")["sha256"] != teacher_identity(str(b), "")["sha256"]
     shutil.copy(a, tmp_path / "copy.pt")
     assert teacher_identity(str(a), "")["sha256"] == teacher_identity(str(tmp_path / "copy.pt"), "")["sha256"]
@@ -263,13 +268,16 @@ def test_teacher_source_builds_the_teacher_without_touching_the_students_rng(tmp
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    source = TeacherSource(load, None, env=env, epochs=1, log=lambda _: None)
+    lines: list[str] = []
+    source = TeacherSource(load, None, env=env, epochs=1, log=lines.append)
     assert torch.equal(torch.rand(3), expected)
+    # a teacher that records no class names: said once, its class count alone is checked (load_teacher)
+    assert lines == ["teacher: Linear (records no class names: only its class count is checked)"]
     images = torch.randn(B, 3)
     assert torch.equal(source(images, 0, 0).logits, source.live(images))
 
     cache = _cache(tmp_path / "c", key, steps_per_epoch=2)
-    lines: list[str] = []
+    lines.clear()
     torch.manual_seed(0)
     source = TeacherSource(load, cache, env=env, epochs=1, log=lines.append)
     assert source.live is None  # with a cache, the teacher is loaded at the first step, and only if needed
@@ -290,6 +298,8 @@ def test_teacher_source_builds_the_teacher_without_touching_the_students_rng(tmp
 
 EPOCHS = 2  # 23 steps each: 46 in all, crossing an epoch boundary
 SLOW = pytest.mark.slow
+# A one-epoch run is short for TINY's warmup: train.py says so (tests/train/test_train.py checks the warnings).
+ONE_EPOCH = pytest.mark.filterwarnings("ignore::fastdeit.training.TrainingWarning")
 
 
 @pytest.fixture(scope="module")
@@ -403,6 +413,7 @@ def test_mismatched_runs_are_refused_before_training(recorded, teacher_file: Pat
 
 
 @SLOW
+@ONE_EPOCH
 def test_soft_distillation_from_top_k_record_equals_replay(teacher_file: Path, train_module, tmp_path: Path):
     """Soft distillation with a cache renormalises over the top-k logits in every run: the recording run (with the
     live teacher) and the replay (without) end with the same weights."""
@@ -415,6 +426,7 @@ def test_soft_distillation_from_top_k_record_equals_replay(teacher_file: Path, t
 
 
 @SLOW
+@ONE_EPOCH
 def test_two_processes_record_and_replay_their_shards(teacher_file: Path, train_module, tmp_path: Path):
     cache = tmp_path / "cache"
     common = tiny_args(

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
+from fastdeit.training import TrainingWarning
 from fastdeit.training.checkpoints import checkpoint_name
 from fastdeit.training.teachers import load_teacher
 from tests.train.helpers import write_convnet_teacher
@@ -45,6 +46,31 @@ def test_teacher_carries_the_class_names_it_records(tmp_path: Path):
     assert load_teacher(path, "convnet_tiny", **LOAD).class_names == tuple(names)
     torch.jit.save(torch.jit.script(_reference(path)), tmp_path / "t_script.pt")
     assert load_teacher(tmp_path / "t_script.pt", **LOAD).class_names is None
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source
+def test_class_names_are_checked_against_the_datasets(tmp_path: Path):
+    """Same count, other order: the teacher's logit i is another class than the dataset's label i (a student
+    distilled from it learns wrong labels), refused with both lists, the differing entries first."""
+    names = [f"digit {i}" for i in range(10)]
+    path = write_convnet_teacher(tmp_path / "t.pt", class_names=names)
+    load_teacher(path, **LOAD, class_names=names)
+    other = names[:8] + names[:7:-1]  # the last two swapped
+    with pytest.raises(ValueError) as err:
+        load_teacher(path, **LOAD, class_names=other)
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("the teacher's classes are not the dataset's")
+    assert lines[1:3] == [
+        "  class 8: teacher 'digit 8', dataset 'digit 9'",
+        "  class 9: teacher 'digit 9', dataset 'digit 8'",
+    ]
+    assert f"  teacher (10): {names}" in lines and f"  dataset (10): {other}" in lines
+    assert "--allow-class-mismatch" in lines[-1]
+    with pytest.warns(TrainingWarning, match="the teacher's classes are not the dataset's"):
+        load_teacher(path, **LOAD, class_names=other, allow_class_mismatch=True)
+    # A teacher that records no names (TorchScript, timm weights): its class count alone is checked.
+    torch.jit.save(torch.jit.script(_reference(path)), tmp_path / "t_script.pt")
+    assert load_teacher(tmp_path / "t_script.pt", **LOAD, class_names=other).class_names is None
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript files are still a teacher source

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import torch
 from fastdeit.training import ConfigError, list_checkpoints, parse_config, read_metrics
 from fastdeit.training.checkpoints import checkpoint_name
 from tests.train.helpers import (
+    PHOTO_CLASSES,
     TRAIN_SCRIPT,
     final_state,
     load_train_module,
+    photo_image_folder,
     run_train,
     tiny_args,
     write_convnet_teacher,
@@ -101,8 +104,12 @@ def test_killed_run_resumes_to_the_same_weights(reference_run: Path, teacher_fil
     resumed_from = list_checkpoints(out)[-1]
     resumed_step = torch.load(resumed_from, weights_only=True)["step"]
     assert resumed_step < 46, "the kill came too late to test anything"
+    # A newer checkpoint that cannot be read (a copy cut short, a full disk): resume passes over it, saying so.
+    truncated = out / checkpoint_name(resumed_step + 1)
+    truncated.write_bytes(resumed_from.read_bytes()[:2000])
 
-    _ok(run_train(_distilled_args(out, teacher_file, resume="auto")))
+    proc = _ok(run_train(_distilled_args(out, teacher_file, resume="auto")))
+    assert f"passing over {truncated}" in proc.stderr and f"resumed from {resumed_from}" in proc.stdout
     ours, ref = final_state(out), final_state(reference_run)
     assert ours["step"] == ref["step"] == 46
     for part in ("model", "model_ema"):
@@ -118,13 +125,22 @@ def test_killed_run_resumes_to_the_same_weights(reference_run: Path, teacher_fil
     assert our_losses and all(abs(our_losses[s] - ref_losses[s]) < 1e-5 for s in our_losses)
 
 
-def test_two_processes_with_torchrun(tmp_path: Path):
-    proc = _ok(run_train(tiny_args(epochs=1, output_dir=tmp_path, repeated_aug=2, rand_augment="none"), nproc=2))
+def test_two_processes_with_torchrun(reference_run: Path, tmp_path: Path):
+    # Started from a run folder whose newest checkpoint is unreadable: every rank reads the folder, rank 0 alone
+    # says that it passes over that file; the same for the warnings about the recipe (one epoch is short).
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(list_checkpoints(reference_run)[-1], weights)
+    (weights / checkpoint_name(99)).write_bytes(b"PK\x03\x04 cut short")
+    out = tmp_path / "run"
+    args = tiny_args(epochs=1, output_dir=out, repeated_aug=2, rand_augment="none", finetune=weights)
+    proc = _ok(run_train(args, nproc=2))
     assert "2 process(es)" in proc.stdout
-    state = final_state(tmp_path)
+    assert proc.stderr.count("passing over") == 1 and proc.stderr.count("warning: warmup") == 1, proc.stderr
+    state = final_state(out)
     assert len(state["rng"]) == 2  # each rank's random streams, for an exact resume
     assert state["step"] == (1497 // 2) // 64  # the loader shards the data: each rank reads half
-    last = read_metrics(tmp_path, kind="epoch")[-1]
+    last = read_metrics(out, kind="epoch")[-1]
     assert last["val_count"] == 300  # eval shards summed over ranks: every sample counted once
 
 
@@ -136,6 +152,19 @@ def test_eval_only(reference_run: Path, tmp_path: Path):
     assert results["val_top1"] == pytest.approx(expected["val_top1"])
     assert results["ema_top1"] == pytest.approx(expected["ema_top1"])
     assert read_metrics(tmp_path, kind="eval")[0]["val_count"] == 300
+
+
+def test_resuming_a_finished_run_says_so_and_trains_nothing(reference_run: Path, teacher_file: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    final = shutil.copy(list_checkpoints(reference_run)[-1], out)
+    (out / checkpoint_name(50)).write_bytes(Path(final).read_bytes()[:1000])  # unreadable: passed over
+    before = sorted(p.name for p in out.iterdir())
+    proc = _ok(run_train(_distilled_args(out, teacher_file, resume="auto")))
+    assert f"passing over {out / checkpoint_name(50)}" in proc.stderr
+    assert f"{final} ends a finished run (epoch 2 of 2, step 46): nothing to train" in proc.stdout
+    assert "--epochs" in proc.stdout and "--eval-only" in proc.stdout  # how to train further or evaluate it
+    assert sorted(p.name for p in out.iterdir()) == before  # no checkpoint, no log, no config.json written
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run: Path, tmp_path: Path):
@@ -200,3 +229,79 @@ def test_command_line_errors_are_one_line(tmp_path: Path):
     assert proc.stderr.strip().splitlines()[-1].startswith("train.py: error: data: ")
     assert "Traceback" not in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+# --- a user's run on an ImageFolder of photos: no architecture flags afterwards -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """(run folder, ImageFolder, the run's process): one epoch of 3 steps on 24 photos, without --progress (this
+    process's stderr is a pipe, not a terminal)."""
+    root = tmp_path_factory.mktemp("photo_run")
+    data = photo_image_folder(root / "photos")
+    args = tiny_args(data=data, output_dir=root / "run", epochs=1, batch_size=8, progress=None, lr=None)
+    proc = _ok(run_train(args))
+    return root / "run", data, proc
+
+
+def test_run_on_photos_carries_its_class_names_and_draws_no_bar_in_a_pipe(photo_run):
+    run, _, proc = photo_run
+    assert "epoch 1/1:" not in proc.stderr and "it/s" not in proc.stderr  # no progress bar redraws in a log
+    assert "epoch 1/1 | step 3 |" in proc.stdout
+    state = final_state(run)
+    assert state["class_names"] == state["model_config"]["class_names"] == list(PHOTO_CLASSES)  # the model's own
+
+
+def test_short_run_warnings_name_the_numbers(photo_run):
+    """3 steps with TINY's recipe and DeiT's lr: its warmup, EMA and scaled lr are all wrong for so short a run."""
+    stderr = photo_run[2].stderr
+    assert "warning: warmup 0.5 epochs = 2 steps of the run's 3" in stderr
+    assert "warning: EMA decay 0.9 averages over ~10 steps, the run has 3" in stderr
+    assert "warning: lr 0.0005 x global batch 8 / 512 = 7.81e-06" in stderr
+
+
+def test_eval_only_of_a_run_folder_needs_no_architecture_flags(photo_run, tmp_path: Path):
+    run, data, _ = photo_run
+    proc = _ok(run_train(["--eval-only", "--resume", str(run), "--data", str(data), "--output-dir", str(tmp_path)]))
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = read_metrics(run, kind="epoch")[-1]
+    assert results["val_top1"] == pytest.approx(expected["val_top1"]) and results["val_count"] == 6
+    assert results["ema_top1"] == pytest.approx(expected["ema_top1"])
+    assert "3 classes (cat, coffee, rocket)" in proc.stdout
+
+
+def test_eval_only_refuses_flags_that_contradict_the_checkpoint(photo_run, tmp_path: Path):
+    run, data, _ = photo_run
+    proc = run_train(["--eval-only", "--resume", str(run), "--data", str(data), "--depth", "4"])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("train.py: error: depth: 4 given, but ") and "records 2" in error
+
+
+def test_eval_only_on_other_class_names_fails_with_both_lists(photo_run, tmp_path: Path):
+    """The same photos with the cat folder named "zebra": labels 0, 1, 2 now mean coffee, rocket, zebra."""
+    run, data, _ = photo_run
+    other = Path(shutil.copytree(data, tmp_path / "photos"))
+    for split in ("train", "val"):
+        (other / split / "cat").rename(other / split / "zebra")
+    args = ["--eval-only", "--resume", str(run), "--data", str(other), "--output-dir", str(tmp_path / "out")]
+    proc = run_train(args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "resume: the checkpoint's classes are not the dataset's" in proc.stderr
+    assert "class 0: checkpoint 'cat', dataset 'coffee'" in proc.stderr
+    assert "checkpoint (3): ['cat', 'coffee', 'rocket']" in proc.stderr
+    assert "dataset (3): ['coffee', 'rocket', 'zebra']" in proc.stderr
+    allowed = _ok(run_train(args + ["--allow-class-mismatch"]))
+    assert "warning: the checkpoint's classes are not the dataset's" in allowed.stderr
+    assert "val_top1" in allowed.stdout.strip().splitlines()[-1]
+
+
+def test_teacher_of_other_class_names(train_module, tmp_path: Path):
+    """A teacher trained on the digits in another order (same count) would teach wrong labels: refused."""
+    teacher = write_convnet_teacher(tmp_path / "teacher.pt", class_names=[str(i) for i in reversed(range(10))])
+    config = _config(tmp_path / "out", distillation_type="hard", teacher_path=teacher, epochs=2)
+    with pytest.raises(ConfigError, match=r"(?s)teacher: the teacher's classes are not the dataset's.*class 0: "
+                       r"teacher '9', dataset '0'"):  # fmt: skip
+        train_module.main(config)
+    assert not list_checkpoints(tmp_path / "out")
