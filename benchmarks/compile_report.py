@@ -26,9 +26,9 @@ A case fails (exit status 1) when it does not compile, spills, needs more shared
 serialised wgmma, or leaves a 16-bit or tf32 `tl.dot` off the target's tensor cores (sm_90: wgmma, sm_80: mma.sync);
 a kernel that no workload launches fails too. The summary line is printed last.
 
-Builds are cached on disk ($FASTDEIT_CACHE/compile_report, else ~/.cache/fastdeit/compile_report), keyed by the
-triton version, the kernel's source hash (its callees included), the specialisation, the options and the target, so
-a rerun rebuilds only what changed. For the triton of the GPU machine, put a side install first on PYTHONPATH:
+Builds are cached on disk (compile_report/ in fastdeit's cache folder: $FASTDEIT_CACHE_DIR, else
+$XDG_CACHE_HOME/fastdeit, else ~/.cache/fastdeit), keyed by the triton version, the kernel's source hash (its callees
+included), the specialisation, the options and the target, so a rerun rebuilds only what changed. For the triton of the GPU machine, put a side install first on PYTHONPATH:
 `pip install --no-deps --target .cache/triton-3.6.0 triton==3.6.0`, then
 `PYTHONPATH=.cache/triton-3.6.0 python -m fastdeit.benchmarks.compile_report`.
 """
@@ -613,7 +613,7 @@ def warm_triton_cache(
 # The report
 # ----------------------------------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    from fastdeit.data.digits import cache_dir
+    from fastdeit._env import cache_dir
 
     return cache_dir() / "compile_report"
 
@@ -755,7 +755,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", nargs="+", choices=tuple(WORKLOADS), help="workloads (default all)")
     parser.add_argument("--modes", nargs="+", choices=MODE_NAMES, help="precision modes (default all)")
     parser.add_argument("--jobs", type=int, help="build processes (default: the CPU count, at most 8)")
-    parser.add_argument("--cache-dir", type=Path, help="build cache (default $FASTDEIT_CACHE/compile_report)")
+    parser.add_argument("--cache-dir", type=Path, help="build cache (default $FASTDEIT_CACHE_DIR/compile_report)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
