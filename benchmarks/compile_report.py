@@ -28,7 +28,8 @@ a kernel that no workload launches fails too. The summary line is printed last.
 
 Builds are cached on disk (compile_report/ in fastdeit's cache folder: $FASTDEIT_CACHE_DIR, else
 $XDG_CACHE_HOME/fastdeit, else ~/.cache/fastdeit), keyed by the triton version, the kernel's source hash (its callees
-included), the specialisation, the options and the target, so a rerun rebuilds only what changed. For the triton of the GPU machine, put a side install first on PYTHONPATH:
+included), the specialisation, the options and the target, so a rerun rebuilds only what changed. For the triton
+of the GPU machine, put a side install first on PYTHONPATH:
 `pip install --no-deps --target .cache/triton-3.6.0 triton==3.6.0`, then
 `PYTHONPATH=.cache/triton-3.6.0 python -m fastdeit.benchmarks.compile_report`.
 """
