@@ -40,6 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastdeit.data import Mixup, RandomErasing, build_loader
 from fastdeit.losses import DistillationLoss, build_criterion
+from fastdeit.models import read_checkpoint
 from fastdeit.training import (
     CheckpointManager,
     ConfigError,
@@ -94,6 +95,10 @@ def main(config: TrainConfig) -> dict[str, float]:
     # Read first: the model is rebuilt as the checkpoint records it (architecture flags left out come from it).
     with user_errors("resume"):
         resume_path, ckpt = load_resume_checkpoint(config.resume, out_dir, env)
+    with user_errors("finetune"):  # the same for the weights a run starts from, when --model is left out
+        weights = read_checkpoint(config.finetune) if config.finetune else None
+        config = config.with_architecture_of(weights and weights.config)
+    with user_errors("resume"):
         config = config.resolve(ckpt or None, where=str(resume_path))
     if resume_path is not None:
         changed = config.changed_keys(ckpt["config"])
@@ -163,7 +168,7 @@ def main(config: TrainConfig) -> dict[str, float]:
         model.set_grad_checkpointing(True)
     if config.finetune:
         with user_errors("finetune"):
-            log(load_finetune_weights(model, config.finetune, allow_new_head=not config.eval_only))
+            log(load_finetune_weights(model, weights, allow_new_head=not config.eval_only))
     if ckpt:
         model.load_state_dict(ckpt["model"])
     model.to(device)

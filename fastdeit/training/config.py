@@ -46,6 +46,7 @@ DEFAULT_IMG_SIZE = 224  # DeiT's; the size of a model whose name gives none (the
 # What the model is: left unset, taken from the checkpoint a run resumes, else from the model name (`resolve`).
 ARCHITECTURE_KEYS = ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 # Keys that may differ on resume without changing the run itself.
+_ARCH_HELP = "architecture override (unset: what the --resume or --finetune checkpoint records, else the model's)"
 RUN_ONLY_KEYS = frozenset(
     {"resume", "eval_only", "output_dir", "progress", "tensorboard", "log_interval", "data_threads",
      "allow_class_mismatch"}
@@ -85,21 +86,23 @@ class TrainConfig:
     data_backend: str = _opt("auto", "image decoder: auto (the faster one for the device and split), dali or pil")
     data_threads: int | None = _opt(None, "decoding threads per process (default: CPU count, at most 8)")
     img_size: int | None = _opt(
-        None, "training and eval input size; unset: the --resume checkpoint's, else the model's (224, or 384 for *_384)"
+        None,
+        "training and eval input size; unset: what the --resume or --finetune checkpoint records, else the model's "
+        "(224, or 384 for *_384)",
     )
     crop_pct: float = _opt(DEFAULT_CROP_PCT, "eval: resize the shorter side to img_size / crop_pct, then center crop")
     # --- model
     model: str | None = _opt(
         None,
-        f"fastdeit model name (DeiT, or a convnet such as convnet_small); unset: the --resume checkpoint's, else "
-        f"{DEFAULT_MODEL}",
+        f"fastdeit model name (DeiT, or a convnet such as convnet_small); unset: what the --resume or --finetune "
+        f"checkpoint records, else {DEFAULT_MODEL}",
     )
     backend: str = _opt("auto", "DeiT layers: auto (Triton on CUDA, PyTorch elsewhere), triton or torch")
-    patch_size: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
-    embed_dim: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
-    depth: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
-    num_heads: int | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
-    mlp_ratio: float | None = _opt(None, "architecture override (unset: the --resume checkpoint's, else the model's)")
+    patch_size: int | None = _opt(None, _ARCH_HELP)
+    embed_dim: int | None = _opt(None, _ARCH_HELP)
+    depth: int | None = _opt(None, _ARCH_HELP)
+    num_heads: int | None = _opt(None, _ARCH_HELP)
+    mlp_ratio: float | None = _opt(None, _ARCH_HELP)
     drop_path: float = _opt(0.1, "stochastic depth rate of the last block")
     grad_checkpointing: bool = _opt(False, "recompute blocks in backward to save memory")
     compile: bool = _opt(False, "torch.compile the model")
@@ -208,6 +211,35 @@ class TrainConfig:
     def changed_keys(self, recorded: dict[str, Any]) -> list[str]:
         """The keys whose value differs from `recorded` (an earlier run's `to_dict()`), RUN_ONLY_KEYS left out."""
         return sorted(k for k, v in self.to_dict().items() if k not in RUN_ONLY_KEYS and recorded.get(k) != v)
+
+    def with_architecture_of(self, recorded: Any) -> TrainConfig:
+        """--finetune without --model: this config with its unset architecture keys (ARCHITECTURE_KEYS) taken from
+        `recorded`, the architecture the weights record (`fastdeit.models.Checkpoint.config`: train.py checkpoints,
+        `save_pretrained` and Hugging Face folders). Bare weights record none (None): the config is returned as it is,
+        and `resolve` falls back to DEFAULT_MODEL, as the official DeiT does. With --model given, the weights are
+        checked against that model when they load, and nothing is taken from them.
+
+        A DeiT whose recorded name is not a fastdeit one (a Hugging Face folder) starts from a model with its
+        distillation token or not, and every other key is set, so the architecture built is the recorded one.
+        """
+        from fastdeit.models import VisionTransformerConfig, list_models
+
+        if self.model is not None or recorded is None:
+            return self
+        if not isinstance(recorded, VisionTransformerConfig):  # a convnet: its name is all there is to it
+            return self.replace(model=recorded.name) if recorded.name else self
+        name = recorded.name
+        if name not in list_models():
+            name = "deit_base_distilled_patch16_224" if recorded.distilled else "deit_base_patch16_224"
+        fields = {
+            "img_size": _first(recorded.img_size),
+            "patch_size": _first(recorded.patch_size),
+            "embed_dim": recorded.embed_dim,
+            "depth": recorded.depth,
+            "num_heads": recorded.num_heads,
+            "mlp_ratio": recorded.mlp_ratio,
+        }
+        return self.replace(model=name, **{k: v for k, v in fields.items() if getattr(self, k) is None})
 
     def resolve(self, checkpoint: dict[str, Any] | None = None, where: str = "the checkpoint") -> TrainConfig:
         """This config with its unset architecture keys (ARCHITECTURE_KEYS) filled in.

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from fastdeit.models import VisionTransformer, create_model
-from fastdeit.models.checkpoint import load_state_dict, read_checkpoint
+from fastdeit.models.checkpoint import Checkpoint, load_state_dict, read_checkpoint
 from fastdeit.models.convnet import create_convnet, is_convnet
 from fastdeit.training.config import TrainingWarning
 
@@ -45,8 +45,11 @@ def build_model(
     )
 
 
-def load_finetune_weights(model: nn.Module, path: str | os.PathLike, *, allow_new_head: bool = True) -> str:
-    """Start `model` from the weights in `path` (any format fastdeit reads). Returns what was done, for the log.
+def load_finetune_weights(
+    model: nn.Module, path: str | os.PathLike | Checkpoint, *, allow_new_head: bool = True
+) -> str:
+    """Start `model` from the weights in `path` (any format fastdeit reads, or what `read_checkpoint` read from it).
+    Returns what was done, for the log.
 
     What the checkpoint records is checked against the model (architecture, class names: see
     `fastdeit.load_checkpoint`). DeiT: a position embedding of another grid is resampled (fine-tuning at 384); a
@@ -56,7 +59,8 @@ def load_finetune_weights(model: nn.Module, path: str | os.PathLike, *, allow_ne
     (`allow_new_head`) the model keeps its own class names (the run's dataset's), not the checkpoint's.
     """
     class_names = model.class_names
-    ckpt = read_checkpoint(path)  # read once: the head's class count decides how to load
+    # Read once: the head's class count decides how to load.
+    ckpt = path if isinstance(path, Checkpoint) else read_checkpoint(path)
     head = ckpt.state_dict.get("head.weight")
     stored = None if head is None else int(head.shape[0])
     other_classes = stored != model.num_classes or (

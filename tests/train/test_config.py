@@ -94,6 +94,28 @@ def test_resolve_takes_the_architecture_from_the_checkpoint():
     assert same.resolve(state, where="ckpt").depth == 2
 
 
+def test_finetune_without_a_model_takes_the_architecture_the_weights_record():
+    """--finetune without --model: the weights' recorded architecture, not deit_base (whose load would fail)."""
+    from fastdeit.models import VisionTransformerConfig
+    from fastdeit.models.convnet import ConvNetConfig
+
+    trained = build_model("deit_tiny_patch16_224", num_classes=10, img_size=16, patch_size=4, embed_dim=32, depth=2,
+                          num_heads=2, backend="torch").config  # fmt: skip
+    c = TrainConfig(data="digits").with_architecture_of(trained).resolve()
+    assert (c.model, c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_ratio) == (
+        "deit_tiny_patch16_224", 16, 4, 32, 2, 2, 4.0)  # fmt: skip
+    assert TrainConfig(data="digits", img_size=32).with_architecture_of(trained).img_size == 32  # fine-tune at 32
+    # A Hugging Face folder's custom architecture: a base model with (or without) the distillation token, every key set
+    custom = VisionTransformerConfig(embed_dim=48, depth=3, num_heads=3, distilled=True, img_size=(64, 64))
+    c = TrainConfig(data="digits").with_architecture_of(custom)
+    assert (c.model, c.img_size, c.embed_dim, c.depth, c.num_heads) == ("deit_base_distilled_patch16_224", 64, 48, 3, 3)
+    assert TrainConfig(data="digits").with_architecture_of(ConvNetConfig(name="convnet_tiny")).model == "convnet_tiny"
+    # --model given: the weights are checked against it when they load; bare weights record nothing
+    given = TrainConfig(data="digits", model="deit_small_patch16_224")
+    assert given.with_architecture_of(trained) == given
+    assert TrainConfig(data="digits").with_architecture_of(None).resolve().model == "deit_base_patch16_224"
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

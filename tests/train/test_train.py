@@ -154,6 +154,18 @@ def test_eval_only(reference_run: Path, tmp_path: Path):
     assert read_metrics(tmp_path, kind="eval")[0]["val_count"] == 300
 
 
+def test_finetune_weights_alone_say_the_model(reference_run: Path, tmp_path: Path):
+    # No --model nor any architecture flag: the checkpoint's (a 2-block, 32-wide distilled tiny at 16 px) is built,
+    # where the default (deit_base) would fail to load it. Its classes are the dataset's: the scores are the run's.
+    no_arch = {key: None for key in ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+    last = list_checkpoints(reference_run)[-1]
+    args = tiny_args(output_dir=tmp_path, eval_only="true", finetune=last, rand_augment="none", **no_arch)
+    proc = _ok(run_train(args))
+    assert "model deit_tiny_distilled_patch16_224:" in proc.stdout
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["val_top1"] == pytest.approx(read_metrics(reference_run, kind="epoch")[-1]["val_top1"])
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(reference_run: Path, teacher_file: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
