@@ -12,7 +12,7 @@ from fastdeit.cli import build_parser
 from .data import check_data_providers
 from .kernels import OPS
 from .kernels import PROVIDERS as KERNEL_PROVIDERS
-from .models import resolve_models
+from .models import TEACHER_GFLOP_224, check_teacher, resolve_models
 from .providers import check_providers
 
 
@@ -23,6 +23,8 @@ def check_bench_args(argv: Sequence[str]) -> None:
     args = build_parser("bench").parse_args(["bench", *argv])
     if args.models:
         resolve_models(args.models)
+    if getattr(args, "teacher", None) and args.teacher not in TEACHER_GFLOP_224:  # those are timm's, built on a GPU
+        check_teacher(args.teacher)
     if args.kernels:
         for kind, given, known in (("provider", args.providers, KERNEL_PROVIDERS), ("op", args.ops, OPS)):
             unknown = [n for n in given or () if n not in known]

@@ -115,6 +115,10 @@ define training-compile 100 75 'bench --mode training --models b-dist --batch-si
 define kernels 75 30 'bench --kernels --providers fastdeit torch sdpa-flash sdpa-efficient sdpa-cudnn xformers apex'
 define tests-cuda 100 40 'run_tests cuda -m "not gpu" tests; rc=$?
     run_tests gpu-rest -m gpu tests/test_predict.py tests/test_cuda_graphs.py || rc=1; exit $rc'
+# Issue 14's measurement: the distilled DeiT-S step with RegNetY-16GF live and with its labels replayed (the ratio
+# recording the teacher once saves), random weights: the cost is the same.
+define teacher-cache 60 30 'bench --mode training --models s-dist --batch-size 256 --providers fastdeit \
+    --teacher regnety_160 --teacher-cache'
 define inference-rest 60 30 "bench --mode inference --models $REST --batch-size 1024 --repeats 5 --warmup 2 \
     --providers fastdeit fastdeit-cudagraph timm"
 define inference-peers 90 30 'bench --mode inference --models all --batch-size 1024 --repeats 5 --warmup 2 \
@@ -128,7 +132,7 @@ define plots 30 0 'bench --plot --csv "$(all_results)" --plot-dir /tmp/fastdeit_
 
 FIRST="install tests-gpu linear-policy inference-eager inference-compile-timm training inference-compile-fastdeit
     training-compile"
-SECOND="install kernels training-compile tests-cuda inference-rest inference-peers training-peers fp32-inference plots"
+SECOND="install kernels training-compile tests-cuda teacher-cache inference-rest inference-peers training-peers fp32-inference plots"
 
 [ $# -gt 0 ] || { echo "usage: bash benchmarks/run_gpu.sh first | second | STAGE...  (stages: ${ORDER[*]})"; exit 2; }
 STAGES=(install)

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "run_gpu.sh"
 STAGES = (
     "install tests-gpu linear-policy inference-eager inference-compile-timm training inference-compile-fastdeit "
-    "training-compile kernels tests-cuda inference-rest inference-peers training-peers fp32-inference plots"
+    "training-compile kernels tests-cuda teacher-cache inference-rest inference-peers training-peers fp32-inference "
+    "plots"
 ).split()
 
 
@@ -80,6 +81,10 @@ def test_check_bench_args():
         check_bench_args(["--kernels", "--ops", "softmax"])
     with pytest.raises(ValueError, match="unknown data pipeline provider.*timm-compile"):
         check_bench_args(["--data", "--providers", "timm-compile"])
+    check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "regnety_160", "--teacher-cache"])
+    check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "convnet_small"])
+    with pytest.raises(ValueError, match="teacher 'regnety_16'"):  # not fastdeit's; timm's only where timm imports
+        check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "regnety_16"])
     with pytest.raises(ValueError, match="unknown model 'b-dsit'"):
         check_bench_args(["--models", "b-dsit"])
     with pytest.raises(SystemExit) as exc:
