@@ -97,6 +97,7 @@ def main(config: TrainConfig) -> dict[str, float]:
         resume_path, ckpt = load_resume_checkpoint(config.resume, out_dir, env)
     with user_errors("finetune"):  # the same for the weights a run starts from, when --model is left out
         weights = read_checkpoint(config.finetune) if config.finetune else None
+        given_model = config.model is not None
         config = config.with_architecture_of(weights and weights.config)
     with user_errors("resume"):
         config = config.resolve(ckpt or None, where=str(resume_path))
@@ -167,7 +168,13 @@ def main(config: TrainConfig) -> dict[str, float]:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.finetune:
-        with user_errors("finetune"):
+        records = given_model and weights.config is not None
+        hint = (
+            "or leave out --model and the architecture flags: train.py then builds the model they record"
+            if records
+            else ""
+        )
+        with user_errors("finetune", hint):
             log(load_finetune_weights(model, weights, allow_new_head=not config.eval_only))
     if ckpt:
         model.load_state_dict(ckpt["model"])

@@ -63,14 +63,15 @@ class TrainingWarning(UserWarning):
 
 
 @contextlib.contextmanager
-def user_errors(what: str) -> Iterator[None]:
-    """Report a ValueError raised inside as a ConfigError about `what`: the user's input is wrong, not the code."""
+def user_errors(what: str, hint: str = "") -> Iterator[None]:
+    """Report a ValueError raised inside as a ConfigError about `what`: the user's input is wrong, not the code.
+    `hint`, when given, follows the message (what to change on train.py's command line)."""
     try:
         yield
     except ConfigError:
         raise
     except ValueError as e:
-        raise ConfigError(f"{what}: {e}") from e
+        raise ConfigError(f"{what}: {e}" + (f"; {hint}" if hint else "")) from e
 
 
 def _opt(default: Any, help: str) -> Any:

@@ -229,6 +229,12 @@ def test_teacher_of_another_class_count(train_module, tmp_path: Path):
         train_module.main(config)
 
 
+def test_finetune_weights_of_another_model_say_how_to_build_theirs(train_module, reference_run: Path, tmp_path: Path):
+    config = _config(tmp_path, finetune=list_checkpoints(reference_run)[-1], depth=3)
+    with pytest.raises(ConfigError, match="finetune: .*depth: 2 vs 3.*or leave out --model and the architecture flags"):
+        train_module.main(config)
+
+
 def test_bad_data_folder(train_module, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises((ConfigError, FileNotFoundError), match="empty"):
