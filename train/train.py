@@ -180,7 +180,7 @@ def main(config: TrainConfig) -> dict[str, float]:
         model.load_state_dict(ckpt["model"])
     model.to(device)
     raw_model = model  # the unwrapped module: what the optimizer, the EMA and checkpoints see
-    log(f"model {config.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    log(f"model {model.config.describe()}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     # torch's AveragedModel with an EMA update (DeiT's ModelEma), over weights and buffers (BatchNorm statistics);
     # it starts as a copy of the weights just loaded, or as the checkpoint's EMA.
     ema = None

@@ -161,7 +161,9 @@ def test_finetune_weights_alone_say_the_model(reference_run: Path, tmp_path: Pat
     last = list_checkpoints(reference_run)[-1]
     args = tiny_args(output_dir=tmp_path, eval_only="true", finetune=last, rand_augment="none", **no_arch)
     proc = _ok(run_train(args))
-    assert "model deit_tiny_distilled_patch16_224:" in proc.stdout
+    assert (
+        "model deit_tiny_distilled_patch16_224 (embed_dim=32, depth=2, num_heads=2, patch 4, 16x16 px," in proc.stdout
+    )
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert results["val_top1"] == pytest.approx(read_metrics(reference_run, kind="epoch")[-1]["val_top1"])
 
