@@ -71,6 +71,7 @@ from fastdeit.training import (
     seed_rank_generators,
     short_run_warnings,
     user_errors,
+    weights_fields,
 )
 
 
@@ -155,6 +156,7 @@ def main(config: TrainConfig) -> dict[str, float]:
             depth=config.depth,
             num_heads=config.num_heads,
             mlp_ratio=config.mlp_ratio,
+            **weights_fields(ckpt["model_config"] if ckpt else weights and weights.config, config.model),
         )
     model.set_class_names(class_names)  # checkpoints and save_pretrained carry them
     distill = config.distillation_type != "none"

@@ -41,7 +41,7 @@ from fastdeit.training.metrics import (
     read_metrics,
     report_run_warnings,
 )
-from fastdeit.training.models import build_model, check_class_names, load_finetune_weights
+from fastdeit.training.models import build_model, check_class_names, load_finetune_weights, weights_fields
 from fastdeit.training.optim import build_optimizer, cosine_lr, param_groups, scaled_lr, short_run_warnings
 from fastdeit.training.teacher_cache import TeacherSource
 from fastdeit.training.teachers import FrozenTeacher, load_teacher
@@ -87,4 +87,5 @@ __all__ = [
     "seed_rank_generators",
     "short_run_warnings",
     "user_errors",
+    "weights_fields",
 ]

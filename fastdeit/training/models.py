@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from fastdeit.models import VisionTransformer, create_model
+from fastdeit.models import VisionTransformer, VisionTransformerConfig, create_model
 from fastdeit.models.checkpoint import Checkpoint, load_state_dict, read_checkpoint
 from fastdeit.models.convnet import create_convnet, is_convnet
 from fastdeit.training.config import TrainingWarning
@@ -43,6 +43,22 @@ def build_model(
     return create_model(
         name, num_classes=num_classes, img_size=img_size, backend=backend, drop_path_rate=drop_path_rate, **overrides
     )
+
+
+# What a DeiT's weights decide that no train.py key sets: a run keeps these as the weights it starts from (or the
+# checkpoint it resumes) record them, so that such weights load as they were trained (Hugging Face's DeiT models
+# have layer_norm_eps 1e-12, timm's 1e-6). Mean and std are not among them: the run's data pipeline normalises.
+WEIGHTS_FIELDS = ("qkv_bias", "layer_norm_eps")
+
+
+def weights_fields(recorded: Any, model_name: str) -> dict[str, Any]:
+    """WEIGHTS_FIELDS as `recorded` holds them (a `VisionTransformerConfig`, or the `model_config` dict of a train.py
+    checkpoint), for building DeiT `model_name`; {} for bare weights (None), convnets and a convnet `model_name`."""
+    if isinstance(recorded, VisionTransformerConfig):
+        recorded = recorded.to_dict()
+    if not isinstance(recorded, dict) or is_convnet(model_name):
+        return {}
+    return {k: recorded[k] for k in WEIGHTS_FIELDS if k in recorded}
 
 
 def load_finetune_weights(

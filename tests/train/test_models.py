@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastdeit.models.convnet import create_convnet
-from fastdeit.training import build_model, check_class_names, load_finetune_weights
+from fastdeit.training import build_model, check_class_names, load_finetune_weights, weights_fields
 from tests.helpers import small_model
 
 
@@ -84,3 +84,12 @@ def test_class_names_check_shows_the_differing_entries_first():
     check_class_names(dataset, dataset, what="checkpoint")
     with pytest.raises(ValueError, match=r"the checkpoint has 999 classes, the dataset 1000"):
         check_class_names(dataset[:-1], dataset, what="checkpoint", allow=True)  # a count never fits
+
+
+def test_weights_fields_are_what_no_train_key_sets():
+    hf_like = small_model(num_classes=10).config.replace(layer_norm_eps=1e-12, qkv_bias=False)
+    assert weights_fields(hf_like, "deit_tiny_patch16_224") == {"qkv_bias": False, "layer_norm_eps": 1e-12}
+    assert weights_fields(hf_like.to_dict(), "deit_tiny_patch16_224") == {"qkv_bias": False, "layer_norm_eps": 1e-12}
+    assert weights_fields(hf_like, "convnet_small") == {}  # a convnet has no LayerNorm to set
+    assert weights_fields(create_convnet("convnet_tiny", num_classes=10).config, "deit_tiny_patch16_224") == {}
+    assert weights_fields(None, "deit_tiny_patch16_224") == {}  # bare weights record nothing

@@ -168,6 +168,26 @@ def test_finetune_weights_alone_say_the_model(reference_run: Path, tmp_path: Pat
     assert results["val_top1"] == pytest.approx(read_metrics(reference_run, kind="epoch")[-1]["val_top1"])
 
 
+def test_finetune_from_a_hugging_face_folder_keeps_what_its_weights_need(tmp_path: Path):
+    # The Hub's DeiT models have LayerNorm eps 1e-12 (timm's: 1e-6), which no train.py flag sets: the run takes it from
+    # the weights (before: a mismatch error, with --model or without), keeps it in its checkpoints, and its resume or
+    # evaluation builds the same model again.
+    import fastdeit
+
+    hf = tmp_path / "hf"
+    arch = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10, layer_norm_eps=1e-12)
+    fastdeit.save_hf(fastdeit.create_model("deit_tiny_distilled_patch16_224", backend="torch", **arch), hf)
+    no_arch = {key: None for key in ("model", "img_size", "patch_size", "embed_dim", "depth", "num_heads")}
+    run = tmp_path / "run"
+    proc = _ok(run_train(tiny_args(output_dir=run, epochs=1, finetune=hf, rand_augment="none", **no_arch)))
+    assert "layer_norm_eps=1e-12" in proc.stdout
+    assert final_state(run)["model_config"]["layer_norm_eps"] == 1e-12
+    proc = _ok(run_train(["--eval-only", "--resume", str(run), "--data", "digits", "--output-dir", str(tmp_path)]))
+    assert "layer_norm_eps=1e-12" in proc.stdout  # the model the run trained, not one with timm's eps
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["val_top1"] == pytest.approx(read_metrics(run, kind="epoch")[-1]["val_top1"])
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(reference_run: Path, teacher_file: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
