@@ -61,7 +61,6 @@ from fastdeit.training import (
     epoch_summary,
     evaluate_models,
     init_distributed,
-    latest_checkpoint,
     load_finetune_weights,
     load_resume_checkpoint,
     parse_config,
@@ -69,6 +68,7 @@ from fastdeit.training import (
     restore_rng,
     scaled_lr,
     seed_rank_generators,
+    set_aside_earlier_run,
     short_run_warnings,
     user_errors,
     weights_fields,
@@ -110,11 +110,9 @@ def main(config: TrainConfig) -> dict[str, float]:
         )
     elif config.resume == "auto":
         log(f"resume=auto: no checkpoint in {out_dir} yet, starting fresh")
-    elif not config.eval_only and latest_checkpoint(out_dir) is not None:
-        log(
-            f"note: {out_dir} holds checkpoints of an earlier run; this fresh run replaces them (--resume auto "
-            "continues that run instead)"
-        )
+    elif not config.eval_only and (earlier := set_aside_earlier_run(out_dir, env)) is not None:
+        log(f"note: {out_dir} held an earlier run; its checkpoints and logs are now in {earlier} (--resume auto "
+            "continues a run instead)")  # fmt: skip
     if ckpt and ckpt["epoch"] >= config.epochs and not config.eval_only:
         log(
             f"{resume_path} ends a finished run (epoch {ckpt['epoch']} of {config.epochs}, step {ckpt['step']}): "

@@ -15,6 +15,7 @@ from fastdeit.training.checkpoints import (
     load_training_checkpoint,
     restore_rng,
     seed_rank_generators,
+    set_aside_earlier_run,
 )
 from fastdeit.training.config import (
     ConfigError,
@@ -85,6 +86,7 @@ __all__ = [
     "restore_rng",
     "scaled_lr",
     "seed_rank_generators",
+    "set_aside_earlier_run",
     "short_run_warnings",
     "user_errors",
     "weights_fields",

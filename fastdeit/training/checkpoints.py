@@ -66,6 +66,32 @@ class CheckpointManager:
         return f"the last good checkpoint is {latest} (kept)" if latest else "no checkpoint was written"
 
 
+# What train.py writes into its output folder: a fresh run there first moves an earlier run's set aside.
+RUN_FILES = ("config.json", "metrics.jsonl", "tensorboard")
+
+
+def set_aside_earlier_run(directory: str | os.PathLike, env: DistEnv) -> Path | None:
+    """Move the checkpoints and logs of an earlier run in `directory` (RUN_FILES, `ckpt_<step>.pt`) into a new
+    subfolder `earlier_run_<n>`, and return it; None when there are no checkpoints. Rank 0 moves; every rank gets
+    the answer.
+
+    A fresh run in a run's folder would otherwise leave that run's newer checkpoints beside its own, to be picked up
+    by `--resume auto`, `fastdeit predict --model DIR` and `from_pretrained(DIR)`; deleting them would lose a run.
+    """
+    moved = None
+    directory = Path(directory)
+    if env.is_main and list_checkpoints(directory):
+        n = 1
+        while (directory / f"earlier_run_{n}").exists():
+            n += 1
+        moved = directory / f"earlier_run_{n}"
+        moved.mkdir()
+        for path in [*list_checkpoints(directory), *(directory / name for name in RUN_FILES)]:
+            if path.exists():
+                path.rename(moved / path.name)
+    return broadcast_object(moved, env)
+
+
 def load_resume_checkpoint(
     resume: str, output_dir: str | os.PathLike, env: DistEnv
 ) -> tuple[Path | None, dict[str, Any]]:

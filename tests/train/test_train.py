@@ -201,6 +201,21 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(reference_run: Path,
     assert sorted(p.name for p in out.iterdir()) == before  # no checkpoint, no log, no config.json written
 
 
+def test_a_fresh_run_sets_an_earlier_run_in_its_folder_aside(reference_run: Path, tmp_path: Path):
+    # Before: the earlier run's newer checkpoint (step 46) stayed beside this run's (23), and `--resume auto`,
+    # `predict --model DIR` and `from_pretrained(DIR)` took it.
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    earlier = sorted(p.name for p in out.iterdir())
+    proc = _ok(run_train(tiny_args(epochs=1, output_dir=out, rand_augment="none")))
+    assert (
+        f"note: {out} held an earlier run; its checkpoints and logs are now in {out / 'earlier_run_1'}" in proc.stdout
+    )
+    assert sorted(p.name for p in (out / "earlier_run_1").iterdir()) == earlier  # all of it, nothing lost
+    assert [p.name for p in list_checkpoints(out)] == [checkpoint_name(23)]
+    assert [r["step"] for r in read_metrics(out, kind="epoch")] == [23]
+
+
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(reference_run: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
