@@ -56,6 +56,7 @@ from fastdeit.training import (
     build_optimizer,
     capture_rng,
     check_class_names,
+    check_same_global_batch,
     cleanup,
     cosine_lr,
     epoch_summary,
@@ -102,6 +103,8 @@ def main(config: TrainConfig) -> dict[str, float]:
         config = config.with_architecture_of(weights and weights.config)
     with user_errors("resume"):
         config = config.resolve(ckpt or None, where=str(resume_path))
+        if ckpt and not config.eval_only:
+            check_same_global_batch(ckpt, config.batch_size, env.world_size, where=str(resume_path))
     if resume_path is not None:
         changed = config.changed_keys(ckpt["config"])
         log(

@@ -117,6 +117,26 @@ def load_resume_checkpoint(
     return path, state if state is not None else load_training_checkpoint(path)
 
 
+def check_same_global_batch(ckpt: dict[str, Any], batch_size: int, world_size: int, where: str) -> None:
+    """ValueError when a run would resume the checkpoint `ckpt` (read from `where`) with another global batch
+    (images per step over all processes). Its step count, lr schedule and data order are counted in its own batches:
+    continuing them in other ones would, for one, run the rest of the cosine schedule at the wrong steps (with a
+    larger batch, the lr reaches its minimum early and stays there)."""
+    theirs_per_rank, ranks = ckpt["config"].get("batch_size"), len(ckpt.get("rng") or [None])
+    if theirs_per_rank is None or theirs_per_rank * ranks == batch_size * world_size:
+        return
+    total = theirs_per_rank * ranks
+    same = f"--batch-size {theirs_per_rank} on {ranks} process(es)"
+    if total % world_size == 0 and world_size != ranks:
+        same += f" (or --batch-size {total // world_size} on {world_size})"
+    raise ValueError(
+        f"{where} was trained with global batches of {total} images (batch_size {theirs_per_rank} x {ranks} "
+        f"process(es)); this run's are {batch_size * world_size} ({batch_size} x {world_size}). Its steps, lr schedule "
+        f"and data order count its own batches: resume with {same}, or start a new run from its weights with "
+        "--finetune"
+    )
+
+
 _REQUIRED = ("model", "optimizer", "step", "epoch", "epoch_step", "config")
 
 

@@ -16,7 +16,12 @@ from fastdeit.training import (
     load_resume_checkpoint,
     restore_rng,
 )
-from fastdeit.training.checkpoints import all_finite, checkpoint_name, load_training_checkpoint
+from fastdeit.training.checkpoints import (
+    all_finite,
+    check_same_global_batch,
+    checkpoint_name,
+    load_training_checkpoint,
+)
 from tests.helpers import small_model
 
 
@@ -75,3 +80,12 @@ def test_all_finite():
     with torch.no_grad():
         model.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
     assert not all_finite(model)
+
+
+def test_same_global_batch_on_another_process_count_is_suggested():
+    ckpt = {"config": {"batch_size": 64}, "rng": [{}, {}]}  # 2 processes x 64
+    check_same_global_batch(ckpt, 32, 4, where="c.pt")  # 4 x 32: the same 128-image batches
+    with pytest.raises(
+        ValueError, match=r"resume with --batch-size 64 on 2 process\(es\) \(or --batch-size 128 on 1\)"
+    ):
+        check_same_global_batch(ckpt, 64, 1, where="c.pt")

@@ -272,6 +272,15 @@ def test_finetune_weights_of_another_model_say_how_to_build_theirs(train_module,
         train_module.main(config)
 
 
+def test_resume_with_another_global_batch_is_refused(train_module, reference_run: Path, tmp_path: Path):
+    # Before: step 46 of 64-image batches went on as step 46 of 32-image ones, on a cosine schedule over other steps.
+    config = _config(tmp_path, resume=list_checkpoints(reference_run)[-1], batch_size=32, epochs=3)
+    expected = r"global batches of 64 images \(batch_size 64 x 1 process\(es\)\); this run's are 32 \(32 x 1\)"
+    with pytest.raises(ConfigError, match=expected + r".*resume with --batch-size 64 on 1 process"):
+        train_module.main(config)
+    assert not list_checkpoints(tmp_path)
+
+
 def test_bad_data_folder(train_module, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises((ConfigError, FileNotFoundError), match="empty"):
