@@ -281,11 +281,17 @@ class TrainConfig:
 
         if not self.data:
             fail("data", "an ImageFolder path, 'digits' or 'synthetic' (--data is required)")
-        if self.data not in ("digits", "synthetic") and not Path(self.data).expanduser().is_dir():
-            raise ConfigError(
-                f"data: {self.data!r} is not a directory; expected an ImageFolder root (root/train/<class>/..., "
-                "root/val/<class>/...), 'digits' or 'synthetic'"
-            )
+        if self.data not in ("digits", "synthetic"):
+            # Both splits are required: a folder of classes alone would be trained on and scored on the same images.
+            root = Path(self.data).expanduser()
+            needed = ("val",) if self.eval_only else ("train", "val")
+            missing = [f"{split}/" for split in needed if not (root / split).is_dir()]
+            if not root.is_dir() or missing:
+                found = f"has no {' and no '.join(missing)} folder" if root.is_dir() else "is not a directory"
+                raise ConfigError(
+                    f"data: {self.data!r} {found}; expected an ImageFolder root (root/train/<class>/..., "
+                    "root/val/<class>/...; --eval-only needs only val/), 'digits' or 'synthetic'"
+                )
         if self.model is not None and self.model not in list_models() and not is_convnet(self.model):
             known = list_models() + list_convnets()
             close = difflib.get_close_matches(self.model, known, n=3)

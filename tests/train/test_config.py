@@ -212,6 +212,20 @@ def test_bad_values_are_rejected_clearly(argv: list[str], message: str):
     assert message in str(err.value)
 
 
+def test_data_needs_both_splits(tmp_path: Path):
+    """Before: a folder of classes was both splits (val scored on the training images); train/ alone crashed in mixup
+    (its one class folder, 'train', taken for the val split's only class)."""
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    (tmp_path / "no_val" / "train" / "cat").mkdir(parents=True)
+    for root, message in (("classes", "has no train/ and no val/ folder"), ("no_val", "has no val/ folder")):
+        with pytest.raises(ConfigError, match=f"data: '.*{root}' {message}; expected an ImageFolder root"):
+            parse_config(["--data", str(tmp_path / root)])
+    (tmp_path / "no_val" / "val").mkdir()
+    (tmp_path / "only_val" / "val").mkdir(parents=True)
+    assert parse_config(["--data", str(tmp_path / "no_val")]).data == str(tmp_path / "no_val")
+    assert parse_config(["--data", str(tmp_path / "only_val"), "--eval-only", "--finetune", __file__]).eval_only
+
+
 def test_bad_file_values_are_rejected_clearly(tmp_path: Path):
     bad_key = tmp_path / "k.yaml"
     bad_key.write_text("data: digits\nwarmup: 3\n")
