@@ -40,7 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastdeit.data import Mixup, RandomErasing, build_loader
 from fastdeit.losses import DistillationLoss, build_criterion
-from fastdeit.models import read_checkpoint
+from fastdeit.models import VisionTransformer, read_checkpoint
 from fastdeit.training import (
     CheckpointManager,
     ConfigError,
@@ -160,6 +160,8 @@ def main(config: TrainConfig) -> dict[str, float]:
             **weights_fields(ckpt["model_config"] if ckpt else weights and weights.config, config.model),
         )
     model.set_class_names(class_names)  # checkpoints and save_pretrained carry them
+    if isinstance(model, VisionTransformer):  # predict and export then use the eval transform the run scored with
+        model.config = model.config.replace(crop_pct=config.crop_pct)
     distill = config.distillation_type != "none"
     if distill:
         if not getattr(model, "distilled", False):

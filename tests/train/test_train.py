@@ -188,6 +188,13 @@ def test_finetune_from_a_hugging_face_folder_keeps_what_its_weights_need(tmp_pat
     assert results["val_top1"] == pytest.approx(read_metrics(run, kind="epoch")[-1]["val_top1"])
 
 
+def test_the_eval_crop_the_run_scored_with_is_the_models(tmp_path: Path):
+    # Before: the model kept its name's crop (0.875 at 224, 1.0 at 384) whatever --crop-pct the run validated with,
+    # so predict and export preprocessed otherwise than the reported accuracy.
+    _ok(run_train(tiny_args(output_dir=tmp_path, epochs=1, rand_augment="none", crop_pct=1.0)))
+    assert final_state(tmp_path)["model_config"]["crop_pct"] == 1.0
+
+
 def test_resuming_a_finished_run_says_so_and_trains_nothing(reference_run: Path, teacher_file: Path, tmp_path: Path):
     out = tmp_path / "run"
     out.mkdir()
