@@ -95,7 +95,8 @@ class Gpu:
 
 
 _MEASURED = (
-    "measured on the H100 and H200 this project benchmarks on, not datasheet figures: bf16 matmul ~790 TFLOP/s "
+    "measured with plain torch (no fastdeit code) on the H100 and H200 machines fastdeit is lent, not datasheet "
+    "figures: bf16 matmul ~790 TFLOP/s "
     "(torch.matmul 8192x8192x8192 on random data), copy bandwidth from a large device-to-device copy counting bytes "
     "read plus written"
 )
