@@ -126,20 +126,39 @@ def load_newest(directory: str | os.PathLike, load: Callable[[Path], T]) -> tupl
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _read_file(path: Path) -> Any:
+def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8:
         raise ValueError(f"checkpoint {str(path)!r} is empty or truncated ({len(head)} bytes)")
+    return head
+
+
+def _is_torch_file(head: bytes) -> bool:
     # torch.save writes a zip archive ("PK"); legacy torch files are raw pickles (protocol byte 0x80).
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"could not read {str(path)!r} as a torch checkpoint with weights_only=True "
-                f"(only tensors and plain containers are accepted): {e}"
-            ) from e
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, with a ValueError saying what the file is when it is not
+    a torch checkpoint that loads so (empty, truncated, another format, objects beyond tensors and containers)."""
+    path = Path(path)
+    head = _head(path)
+    if not _is_torch_file(head):
+        raise ValueError(f"{str(path)!r} is not a torch checkpoint (first bytes {head!r})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"could not read {str(path)!r} as a torch checkpoint with weights_only=True "
+            f"(only tensors and plain containers are accepted): {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_file(path: Path) -> Any:
+    head = _head(path)
+    if _is_torch_file(head):
+        return load_torch_file(path)
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:

@@ -22,7 +22,7 @@ from torch import nn
 
 from fastdeit.data.common import derive_seed
 from fastdeit.io import atomic_torch_save
-from fastdeit.models.checkpoint import checkpoint_name, list_checkpoints, load_newest
+from fastdeit.models.checkpoint import checkpoint_name, list_checkpoints, load_newest, load_torch_file
 from fastdeit.training.distributed import DistEnv, broadcast_object
 
 
@@ -143,8 +143,8 @@ _REQUIRED = ("model", "optimizer", "step", "epoch", "epoch_step", "config")
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by train.py (on the CPU), checking that it holds a full training state."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+        ckpt = load_torch_file(path)
+    except ValueError as e:
         raise ValueError(f"could not read training checkpoint {str(path)!r}: {e}") from e
     missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:

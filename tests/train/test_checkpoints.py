@@ -51,6 +51,9 @@ def test_load_resume_checkpoint(tmp_path: Path):
         load_resume_checkpoint(str(tmp_path / checkpoint_name(4)), tmp_path, env)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_resume_checkpoint(str(tmp_path / "missing.pt"), tmp_path, env)
+    (tmp_path / "notes.txt").write_text("hello world")  # before: "could not read training checkpoint ...: 101"
+    with pytest.raises(ValueError, match=r"notes.txt' is not a torch checkpoint \(first bytes b'hello wo'\)"):
+        load_resume_checkpoint(str(tmp_path / "notes.txt"), tmp_path, env)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no ckpt_<step>.pt"):
         load_resume_checkpoint(str(tmp_path / "empty"), tmp_path, env)
