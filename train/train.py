@@ -173,13 +173,12 @@ def main(config: TrainConfig) -> dict[str, float]:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if config.finetune:
-        records = given_model and weights.config is not None
-        hint = (
-            "or leave out --model and the architecture flags: train.py then builds the model they record"
-            if records
-            else ""
-        )
-        with user_errors("finetune", hint):
+        hints = []  # what to change on this command line, after the loader's message
+        if given_model and weights.config is not None:
+            hints.append("or leave out --model and the architecture flags: train.py then builds the model they record")
+        if config.eval_only:
+            hints.append("--eval-only scores the weights' own head: give data with its classes, or fine-tune a new one")
+        with user_errors("finetune", "; ".join(hints)):
             log(load_finetune_weights(model, weights, allow_new_head=not config.eval_only))
     if ckpt:
         model.load_state_dict(ckpt["model"])

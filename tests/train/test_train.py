@@ -288,6 +288,14 @@ def test_resume_with_another_global_batch_is_refused(train_module, reference_run
     assert not list_checkpoints(tmp_path)
 
 
+def test_eval_only_of_weights_for_other_classes_says_what_to_do_here(train_module, reference_run, tmp_path: Path):
+    # Before: only the Python API's advice ("pass drop_head=True ... or num_classes"), which train.py has no flag for.
+    photos = photo_image_folder(tmp_path / "photos")
+    config = _config(tmp_path / "out", eval_only="true", finetune=list_checkpoints(reference_run)[-1], data=photos)
+    with pytest.raises(ConfigError, match="finetune: .*10.*3.*--eval-only scores the weights' own head"):
+        train_module.main(config)
+
+
 def test_bad_data_folder(train_module, tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises((ConfigError, FileNotFoundError), match="empty"):
