@@ -47,13 +47,13 @@ _LAYER_ARGUMENTS = {"norm_layer", "attn_layer", "mlp_layer"}
 _NAMED_FIELDS = ("embed_dim", "depth", "num_heads", "distilled", "patch_size", "mlp_ratio")
 
 
-def _registry_name(config: VisionTransformerConfig) -> str | None:
-    """The `list_models()` name whose architecture and image size `config` has, if any."""
-    for name in list_models():
-        named = VisionTransformerConfig(name=name, **MODEL_CONFIGS[name])
-        if named.img_size == config.img_size and all(getattr(named, f) == getattr(config, f) for f in _NAMED_FIELDS):
-            return name
-    return None
+def registry_name(config: VisionTransformerConfig, *, any_img_size: bool = False) -> str | None:
+    """The `list_models()` name whose architecture (`_NAMED_FIELDS`) and image size `config` has, if any; with
+    `any_img_size`, one of any image size (its own first): the name to build `config` from with overrides."""
+    named = [VisionTransformerConfig(name=n, **MODEL_CONFIGS[n]) for n in list_models()]
+    same = [c for c in named if all(getattr(c, f) == getattr(config, f) for f in _NAMED_FIELDS)]
+    sized = [c.name for c in same if c.img_size == config.img_size]
+    return (sized or ([c.name for c in same] if any_img_size else []) or [None])[0]
 
 
 def _weights_facts(sd: StateDict) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def _config_for(
         known = _weights_facts(ckpt.state_dict) if ckpt is not None else {}
     else:
         known = {"num_classes": recorded.num_classes, "img_size": recorded.img_size}
-        base = recorded if recorded.name is not None else recorded.replace(name=_registry_name(recorded))
+        base = recorded if recorded.name is not None else recorded.replace(name=registry_name(recorded))
         if named is not None and recorded.name != name:
             _check_name(recorded, named, where)
             base = recorded.replace(name=name)

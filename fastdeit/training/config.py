@@ -220,17 +220,19 @@ class TrainConfig:
         and `resolve` falls back to DEFAULT_MODEL, as the official DeiT does. With --model given, the weights are
         checked against that model when they load, and nothing is taken from them.
 
-        A DeiT whose recorded name is not a fastdeit one (a Hugging Face folder) starts from a model with its
-        distillation token or not, and every other key is set, so the architecture built is the recorded one.
+        A DeiT that records no fastdeit name (a Hugging Face folder) is named as the fastdeit model of its architecture
+        (any image size), else as DeiT-B with its distillation token or not; every other key is set, so the
+        architecture built is the recorded one.
         """
         from fastdeit.models import VisionTransformerConfig, list_models
+        from fastdeit.models.build import registry_name
 
         if self.model is not None or recorded is None:
             return self
         if not isinstance(recorded, VisionTransformerConfig):  # a convnet: its name is all there is to it
             return self.replace(model=recorded.name) if recorded.name else self
-        name = recorded.name
-        if name not in list_models():
+        name = recorded.name if recorded.name in list_models() else registry_name(recorded, any_img_size=True)
+        if name is None:  # an architecture of its own: every key below is set, the name only gives the token count
             name = "deit_base_distilled_patch16_224" if recorded.distilled else "deit_base_patch16_224"
         fields = {
             "img_size": _first(recorded.img_size),

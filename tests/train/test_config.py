@@ -109,6 +109,10 @@ def test_finetune_without_a_model_takes_the_architecture_the_weights_record():
     custom = VisionTransformerConfig(embed_dim=48, depth=3, num_heads=3, distilled=True, img_size=(64, 64))
     c = TrainConfig(data="digits").with_architecture_of(custom)
     assert (c.model, c.img_size, c.embed_dim, c.depth, c.num_heads) == ("deit_base_distilled_patch16_224", 64, 48, 3, 3)
+    # ... and a Hugging Face folder of a fastdeit architecture gets that model's name, at any image size
+    hf_small = VisionTransformerConfig(embed_dim=384, depth=12, num_heads=6, distilled=True, img_size=(384, 384))
+    c = TrainConfig(data="digits").with_architecture_of(hf_small)
+    assert (c.model, c.img_size, c.embed_dim) == ("deit_small_distilled_patch16_224", 384, 384)
     assert TrainConfig(data="digits").with_architecture_of(ConvNetConfig(name="convnet_tiny")).model == "convnet_tiny"
     # --model given: the weights are checked against it when they load; bare weights record nothing
     given = TrainConfig(data="digits", model="deit_small_patch16_224")
