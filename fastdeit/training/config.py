@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import os
 import types
@@ -175,7 +176,9 @@ class TrainConfig:
     progress: bool | None = _opt(
         None, "a progress bar on stderr (unset: only when stderr is a terminal); without one, a line per log interval"
     )
-    tensorboard: bool = _opt(True, "write TensorBoard logs when tensorboard is installed")
+    tensorboard: bool | None = _opt(
+        None, "TensorBoard logs in output_dir/tensorboard (unset: when tensorboard is installed; true needs it)"
+    )
     seed: int = _opt(0, "seed of the model init, data order, augmentations and drop path")
     device: str = _opt("auto", "auto (cuda when present), cuda or cpu")
 
@@ -338,6 +341,11 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 fail(key, f"one of {', '.join(allowed)}")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "tensorboard: true, but the tensorboard package is not installed (pip install tensorboard, or leave "
+                "--tensorboard out); metrics.jsonl in output_dir holds the same numbers"
+            )
         positive = ["epochs", "lr", "opt_eps", "eval_interval", "keep_last", "log_interval", "clip_grad"]
         for key in positive + ["patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"]:
             value = getattr(self, key)

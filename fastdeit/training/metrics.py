@@ -170,10 +170,11 @@ class MetricsLog:
     `start_step`: the step the run starts from (0 for a fresh run, S on resume): records after it, left by
     an earlier or interrupted run, are dropped first, so the file reads like one uninterrupted run. None
     appends without dropping anything (--eval-only). Only the main process writes (others: `enabled=False`).
+    `tensorboard`: True writes TensorBoard logs too, None when the package is installed, False never.
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, *, enabled: bool, tensorboard: bool, start_step: int | None
+        self, output_dir: str | os.PathLike, *, enabled: bool, tensorboard: bool | None, start_step: int | None
     ) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
@@ -188,11 +189,13 @@ class MetricsLog:
                 if line.strip() and json.loads(line).get("step", 0) <= start_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
-        if tensorboard:
+        if tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                return  # TensorBoard is optional: the JSON lines hold the same numbers
+                if tensorboard:  # asked for (TrainConfig.check refuses it earlier when the package is missing)
+                    raise
+                return  # unset: TensorBoard when installed; the JSON lines hold the same numbers
             purge = None if start_step is None else start_step + 1
             self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"), purge_step=purge)
 

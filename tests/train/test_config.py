@@ -216,6 +216,18 @@ def test_bad_values_are_rejected_clearly(argv: list[str], message: str):
     assert message in str(err.value)
 
 
+def test_tensorboard_asked_for_must_be_installed(monkeypatch: pytest.MonkeyPatch):
+    """Before: on by default, and silently nothing where tensorboard is not installed. Now: unset uses it when it is
+    installed; true without it is an error."""
+    import importlib.util
+
+    assert parse_config(["--data", "digits"]).tensorboard is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else object())
+    with pytest.raises(ConfigError, match="tensorboard: true, but the tensorboard package is not installed"):
+        parse_config(["--data", "digits", "--tensorboard"])
+    assert parse_config(["--data", "digits", "--tensorboard", "false"]).tensorboard is False
+
+
 def test_data_needs_both_splits(tmp_path: Path):
     """Before: a folder of classes was both splits (val scored on the training images); train/ alone crashed in mixup
     (its one class folder, 'train', taken for the val split's only class)."""
