@@ -11,7 +11,6 @@ pooling and a linear head. It takes any input size (the pooling is global).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from fastdeit.models.config import RecordsConfig
+from fastdeit.text import did_you_mean
 
 # Channel widths of each stage; one stage per entry, each halving the resolution after the first.
 CONVNET_CONFIGS: dict[str, dict[str, Any]] = {
@@ -107,7 +107,6 @@ def create_convnet(name: str, **fields: Any) -> ConvNet:
     """Build convnet `name` (see `list_convnets()`); `fields` are the other `ConvNetConfig` fields (num_classes,
     in_chans, drop_rate, class_names). Weights are loaded by `fastdeit.models.load_checkpoint` (or `load_model`)."""
     if name not in CONVNET_CONFIGS:
-        close = difflib.get_close_matches(name, CONVNET_CONFIGS, n=2)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, CONVNET_CONFIGS, n=2)
         raise ValueError(f"unknown convnet {name!r}{hint} Available: {', '.join(list_convnets())}")
     return ConvNet(ConvNetConfig(name=name, **CONVNET_CONFIGS[name]), **fields)

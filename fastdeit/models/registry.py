@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
+
+from fastdeit.text import did_you_mean
 
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
@@ -30,7 +31,7 @@ def list_models() -> list[str]:
 def model_config(name: str) -> dict[str, Any]:
     """The architecture of model `name` (a copy): the `VisionTransformerConfig` fields it sets."""
     if name not in MODEL_CONFIGS:
-        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} Available: {', '.join(list_models())}")
+        raise ValueError(
+            f"unknown model {name!r}{did_you_mean(name, MODEL_CONFIGS)} Available: {', '.join(list_models())}"
+        )
     return dict(MODEL_CONFIGS[name])

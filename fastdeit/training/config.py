@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import difflib
 import importlib.util
 import json
 import os
@@ -37,6 +36,7 @@ from fastdeit.data.config import LoaderConfig
 from fastdeit.data.mix import Mixup, RandomErasing
 from fastdeit.losses import DISTILLATION_TYPES, DistillationLoss
 from fastdeit.models import MODEL_CONFIGS
+from fastdeit.text import did_you_mean
 from fastdeit.training.optim import DEIT_LR
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -299,8 +299,7 @@ class TrainConfig:
                 )
         if self.model is not None and self.model not in list_models() and not is_convnet(self.model):
             known = list_models() + list_convnets()
-            close = difflib.get_close_matches(self.model, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(self.model, known)
             raise ConfigError(f"model: unknown model {self.model!r}{hint} Available: {', '.join(known)}")
         resolved = self.resolve()
         loader_keys = {"backend": "data_backend", "num_threads": "data_threads"}
@@ -477,9 +476,7 @@ def _convert(key: str, value: Any, tp: Any, from_text: bool) -> Any:
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _FIELDS, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r} in {where}{hint} (see train.py --help)")
+    return ConfigError(f"unknown config key {key!r} in {where}{did_you_mean(key, _FIELDS)} (see train.py --help)")
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
