@@ -244,6 +244,34 @@ def test_run_folder_names_its_checkpoint_and_classes(capsys, tmp_path, photos):
     assert "random weights" not in stderr
 
 
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("predict", ["--topk", "1"]),
+        ("embed", ["--out", "f.safetensors"]),
+        ("export", ["--format", "onnx", "--out", "m.onnx"]),
+    ],
+)
+def test_checkpoint_of_another_architecture_says_to_give_it_as_model(capsys, tmp_path, photos, command, args):
+    """A name with a checkpoint recording another architecture: the error names both and says what to type
+    (before: "leave out the name", and leaving out --model is an argparse error). The advice works."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    ckpt = write_run(tmp_path / "run") / checkpoint_name(7)
+    args = [str(tmp_path / a) if a.startswith(("f.", "m.")) else a for a in args]
+    inputs = [] if command == "export" else [photos]
+    code, stdout, stderr = run(
+        capsys, command, "--model", "deit_small_patch16_224", "--checkpoint", ckpt, *args, *inputs
+    )
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"fastdeit {command}: error: checkpoint {str(ckpt)!r} holds deit_tiny_patch16_224")
+    assert "not a deit_small_patch16_224: embed_dim: 64 vs 384" in stderr
+    assert f"give it as --model: --model {ckpt} (without --checkpoint)" in stderr
+    assert "leave out the name" not in stderr
+    code, _, stderr = run(capsys, command, "--model", ckpt, *args, *inputs)
+    assert code == 0, stderr
+
+
 def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):
     """A truncated newest checkpoint is passed over, said once in one line (before, for export: Python's two-line
     `file:line: CheckpointWarning: ...` format with the source line)."""

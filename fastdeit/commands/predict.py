@@ -15,11 +15,12 @@ stderr is a terminal (--progress / --no-progress to choose). See fastdeit.infere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,23 +81,39 @@ def has_weights(args: argparse.Namespace) -> bool:
     return args.checkpoint is not None or Path(args.model).expanduser().exists()
 
 
+@contextlib.contextmanager
+def model_errors_in_flags(args: argparse.Namespace) -> Iterator[None]:
+    """Errors from building the model, with their remedy in command-line flags rather than Python arguments."""
+    from fastdeit.models.build import ArchitectureMismatch
+
+    try:
+        yield
+    except ArchitectureMismatch as e:
+        # The library's hint (leave out the name) would leave --model out, which the command requires.
+        raise ValueError(
+            f"{e.mismatch}; to build the model the checkpoint records, give it as --model: --model {args.checkpoint} "
+            "(without --checkpoint)"
+        ) from None
+
+
 def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> Predictor:
     """The Predictor the command-line arguments describe (builds the model and loads the weights)."""
     from fastdeit.inference import Predictor
 
-    return Predictor(
-        args.model,
-        checkpoint=args.checkpoint,
-        num_classes=args.num_classes,
-        labels=labels,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        cuda_graphs=not args.no_cuda_graphs,
-        decoder=args.decoder,
-        num_threads=args.num_threads,
-        use_ema=args.ema,
-    )
+    with model_errors_in_flags(args):
+        return Predictor(
+            args.model,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
+            labels=labels,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            cuda_graphs=not args.no_cuda_graphs,
+            decoder=args.decoder,
+            num_threads=args.num_threads,
+            use_ema=args.ema,
+        )
 
 
 def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
