@@ -244,6 +244,30 @@ def test_run_folder_names_its_checkpoint_and_classes(capsys, tmp_path, photos):
     assert "random weights" not in stderr
 
 
+def labels_of(line: str) -> list[str]:
+    """The class names of one stdout line, "path: rocket 0.4121, cat 0.3010" -> ["rocket", "cat"]."""
+    return [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+
+
+def test_topk_default_fits_a_model_with_fewer_than_5_classes(capsys, tmp_path, models, photos):
+    """A 3-class run with no --topk: its 3 classes per image (before: "--topk must be in [1, 3] ..., got 5", the
+    default refused); an explicit --topk above the class count is still refused, and 10 classes still give 5."""
+    folder = write_run(tmp_path / "run")
+    code, stdout, stderr = run(capsys, "predict", "--model", folder, photos)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 5 and all(sorted(labels_of(line)) == sorted(RUN_CLASSES) for line in lines)
+    out = tmp_path / "r.csv"
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--out", out, photos)
+    assert code == 0, stderr
+    with open(out, newline="") as f:
+        assert next(csv.reader(f))[-3:] == ["class_3", "label_3", "prob_3"]
+    code, stdout, stderr = run(capsys, "predict", "--model", folder, "--topk", 5, photos)
+    assert code == 2 and "--topk must be in [1, 3] (the model's classes), got 5" in stderr and stdout == ""
+    code, stdout, _ = run(capsys, "predict", "--model", models[10], photos)
+    assert code == 0 and all(line.count("class ") == 5 for line in stdout.splitlines())
+
+
 @pytest.mark.parametrize(
     "command, args",
     [

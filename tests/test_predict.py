@@ -86,6 +86,13 @@ def test_read_labels_skips_comments_and_blank_lines(tmp_path):
     assert read_labels(tmp_path / "labels.txt") == ("cat", "dog")
 
 
+def test_default_topk_is_at_most_the_class_count():
+    """predict() with no topk: 5 classes, or all of a model with fewer (before: ValueError, topk=5 out of range)."""
+    x = torch.randn(2, 3, 64, 64)
+    assert fastdeit.Predictor(tiny_model(num_classes=3), device="cpu").predict(x).indices.shape == (2, 3)
+    assert fastdeit.Predictor(tiny_model(num_classes=10), device="cpu").predict(x).indices.shape == (2, 5)
+
+
 # --- predictions equal the model ---------------------------------------------------------------------------------
 
 
