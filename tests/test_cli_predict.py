@@ -14,12 +14,14 @@ from safetensors import safe_open
 
 import fastdeit
 import fastdeit.cli as cli
+from fastdeit.data import dali_available
 from fastdeit.inference import imagenet_labels
 from tests.train.helpers import PHOTO_CLASSES, photo_image_folder
 
 skimage_data = pytest.importorskip("skimage.data")
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+DECODERS = [pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI")), "pil"]
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -294,6 +296,30 @@ def test_checkpoint_of_another_architecture_says_to_give_it_as_model(capsys, tmp
     assert "leave out the name" not in stderr
     code, _, stderr = run(capsys, command, "--model", ckpt, *args, *inputs)
     assert code == 0, stderr
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_unsupported_image_formats_are_named_as_such(capsys, tmp_path, models, photos, decoder):
+    """A GIF is an image in a format the decoders do not read: its message says so and lists the supported ones
+    (before: "(not an image)" for a named .gif, "extension '.gif' is not an image type" in a folder). A text file
+    is still "not an image"."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.open(photos / "coffee.jpg").save(folder / "a.gif")
+    (folder / "b.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    (folder / "notes.txt").write_text("a text file\n")
+    gif = f"{folder / 'a.gif'} (.gif is not a supported image format; supported: .bmp, .jpeg, .jpg, .pbm, .pgm"
+    out = tmp_path / "r.jsonl"
+    named = [folder / "a.gif", folder / "b.jpg", folder / "notes.txt"]
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", decoder, "--out", out, *named)
+    assert code == 0, stderr
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [str(folder / "b.jpg")]
+    assert gif in stderr and f"{folder / 'notes.txt'} (not an image)" in stderr
+    assert "a.gif (not an image)" not in stderr and "skipped 2 of 3 files" in stderr
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", decoder, "--out", out, folder)
+    assert code == 0, stderr
+    assert gif in stderr and f"{folder / 'notes.txt'} (extension '.txt' is not an image type)" in stderr
+    assert "'.gif' is not an image type" not in stderr
 
 
 def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):

@@ -200,6 +200,24 @@ def test_collect_images(tmp_path):
     assert list(files.skipped) == [str(tmp_path / "a/data.csv")]
 
 
+def test_collect_images_names_unsupported_image_formats(tmp_path):
+    """GIF/HEIC/SVG files, named or in a folder, are left out as images of an unsupported format (before: named
+    files went on to be called "not an image"; in folders, "not an image type"); other files keep their reasons."""
+    for name in ("dir/a.gif", "dir/b.HEIC", "dir/c.jpg", "dir/d.csv", "e.svg", "f.dat", "g.jfif"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    with pytest.warns(DataWarning, match=r"a\.gif \(\.gif is not a supported image format; supported: \.bmp, \.jpeg"):
+        files = collect_images([tmp_path / "dir", tmp_path / "e.svg", tmp_path / "f.dat", tmp_path / "g.jfif"])
+    assert files == [str(tmp_path / p) for p in ("dir/c.jpg", "f.dat", "g.jfif")]  # .jfif: a JPEG, decodable
+    supported = "is not a supported image format; supported: .bmp, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif"
+    assert files.skipped == {
+        str(tmp_path / "dir/a.gif"): f".gif {supported}, .tiff, .webp",
+        str(tmp_path / "dir/b.HEIC"): f".heic {supported}, .tiff, .webp",
+        str(tmp_path / "dir/d.csv"): "extension '.csv' is not an image type",
+        str(tmp_path / "e.svg"): f".svg {supported}, .tiff, .webp",
+    }
+
+
 def test_every_file_unreadable_gives_empty_results(tmp_path):
     (tmp_path / "x.jpg").write_text("text")
     predictor = fastdeit.Predictor(tiny_model(), device="cpu", decoder="pil")
