@@ -322,6 +322,31 @@ def test_unsupported_image_formats_are_named_as_such(capsys, tmp_path, models, p
     assert "'.gif' is not an image type" not in stderr
 
 
+def test_labels_other_than_the_run_class_names_are_said(capsys, tmp_path, photos):
+    """--labels renaming the classes a run records: used, with a warning naming both lists (before: silently);
+    the run's own names in another order: refused, since every prediction would carry another class's name."""
+    folder = write_run(tmp_path / "run")
+    (tmp_path / "l3.txt").write_text("x\ny\nz\n")
+    code, stdout, stderr = run(
+        capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "l3.txt", photos
+    )
+    assert code == 0, stderr
+    assert all(set(labels_of(line)) == {"x", "y", "z"} for line in stdout.splitlines())
+    assert (
+        f"fastdeit predict: warning: labels file {str(tmp_path / 'l3.txt')!r} names the model's classes differently "
+        "from the names the model records: using ['x', 'y', 'z'] in place of the model's ['cat', 'coffee', 'rocket']"
+    ) in stderr
+    (tmp_path / "shuffled.txt").write_text("\n".join(reversed(RUN_CLASSES)) + "\n")
+    code, stdout, stderr = run(
+        capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "shuffled.txt", photos
+    )
+    assert code == 2 and stdout == ""
+    assert "lists the model's class names in another order: class 0 is 'cat' in the model, 'rocket'" in stderr
+    (tmp_path / "same.txt").write_text("\n".join(RUN_CLASSES) + "\n")
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "same.txt", photos)
+    assert code == 0 and "warning" not in stderr
+
+
 def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):
     """A truncated newest checkpoint is passed over, said once in one line (before, for export: Python's two-line
     `file:line: CheckpointWarning: ...` format with the source line)."""

@@ -86,6 +86,21 @@ def test_read_labels_skips_comments_and_blank_lines(tmp_path):
     assert read_labels(tmp_path / "labels.txt") == ("cat", "dog")
 
 
+def test_labels_that_rename_the_model_classes_warn_and_reordered_ones_are_refused():
+    """Before, labels given with a model that records other class names replaced them silently."""
+    model = tiny_model(num_classes=3)
+    model.config = model.config.replace(class_names=("cat", "cup", "person"))
+    with pytest.warns(UserWarning, match=r"using \['x', 'y', 'z'\] in place of the model's \['cat', 'cup', 'person'\]"):
+        predictor = fastdeit.Predictor(model, device="cpu", labels=["x", "y", "z"])
+    assert predictor.label_names == ("x", "y", "z")
+    with pytest.raises(ValueError, match="another order: class 0 is 'cat' in the model, 'person' in the labels"):
+        fastdeit.Predictor(model, device="cpu", labels=["person", "cat", "cup"])
+    many = tiny_model(num_classes=12)
+    many.config = many.config.replace(class_names=tuple(f"c{i}" for i in range(12)))
+    with pytest.warns(UserWarning, match=r"using \['n0', 'n1', 'n2', 'n3', 'n4', \.\.\. \(12 names\)\] in place"):
+        fastdeit.Predictor(many, device="cpu", labels=[f"n{i}" for i in range(12)])
+
+
 def test_default_topk_is_at_most_the_class_count():
     """predict() with no topk: 5 classes, or all of a model with fewer (before: ValueError, topk=5 out of range)."""
     x = torch.randn(2, 3, 64, 64)

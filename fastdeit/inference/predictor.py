@@ -122,7 +122,9 @@ class Predictor:
         checkpoint: weights to load, in any format `fastdeit.load_checkpoint` reads.
         num_classes: class count of the head (default: 1000 for a model name, the model's own otherwise).
         labels: class names, one per class index: a sequence, or a file with one name per line. Default: the names
-            the model records (`model.class_names`), else ImageNet-1k's for a 1000-class head, else none.
+            the model records (`model.class_names`), else ImageNet-1k's for a 1000-class head, else none. Labels
+            other than the recorded names are used with a warning naming both; the recorded names in another order
+            raise ValueError.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         dtype: "auto" (bf16 on CUDA, fp32 on the CPU), "bf16", "fp16" or "fp32": the dtype of the weights and
             activations; probabilities and embeddings are returned in fp32.
