@@ -14,12 +14,14 @@ from safetensors import safe_open
 
 import fastdeit
 import fastdeit.cli as cli
+from fastdeit.data import dali_available
 from fastdeit.inference import imagenet_labels
 from tests.train.helpers import PHOTO_CLASSES, photo_image_folder
 
 skimage_data = pytest.importorskip("skimage.data")
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+DECODERS = [pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI")), "pil"]
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -242,6 +244,107 @@ def test_run_folder_names_its_checkpoint_and_classes(capsys, tmp_path, photos):
     assert f"fastdeit predict: {folder}: using {checkpoint_name(7)}, the newest of 1 checkpoint(s)" in stderr
     assert {line.split(": ")[1].split()[0] for line in stdout.splitlines()} <= set(RUN_CLASSES)
     assert "random weights" not in stderr
+
+
+def labels_of(line: str) -> list[str]:
+    """The class names of one stdout line, "path: rocket 0.4121, cat 0.3010" -> ["rocket", "cat"]."""
+    return [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+
+
+def test_topk_default_fits_a_model_with_fewer_than_5_classes(capsys, tmp_path, models, photos):
+    """A 3-class run with no --topk: its 3 classes per image (before: "--topk must be in [1, 3] ..., got 5", the
+    default refused); an explicit --topk above the class count is still refused, and 10 classes still give 5."""
+    folder = write_run(tmp_path / "run")
+    code, stdout, stderr = run(capsys, "predict", "--model", folder, photos)
+    assert code == 0, stderr
+    lines = stdout.splitlines()
+    assert len(lines) == 5 and all(sorted(labels_of(line)) == sorted(RUN_CLASSES) for line in lines)
+    out = tmp_path / "r.csv"
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--out", out, photos)
+    assert code == 0, stderr
+    with open(out, newline="") as f:
+        assert next(csv.reader(f))[-3:] == ["class_3", "label_3", "prob_3"]
+    code, stdout, stderr = run(capsys, "predict", "--model", folder, "--topk", 5, photos)
+    assert code == 2 and "--topk must be in [1, 3] (the model's classes), got 5" in stderr and stdout == ""
+    code, stdout, _ = run(capsys, "predict", "--model", models[10], photos)
+    assert code == 0 and all(line.count("class ") == 5 for line in stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        ("predict", ["--topk", "1"]),
+        ("embed", ["--out", "f.safetensors"]),
+        ("export", ["--format", "onnx", "--out", "m.onnx"]),
+    ],
+)
+def test_checkpoint_of_another_architecture_says_to_give_it_as_model(capsys, tmp_path, photos, command, args):
+    """A name with a checkpoint recording another architecture: the error names both and says what to type
+    (before: "leave out the name", and leaving out --model is an argparse error). The advice works."""
+    from fastdeit.models.checkpoint import checkpoint_name
+
+    ckpt = write_run(tmp_path / "run") / checkpoint_name(7)
+    args = [str(tmp_path / a) if a.startswith(("f.", "m.")) else a for a in args]
+    inputs = [] if command == "export" else [photos]
+    code, stdout, stderr = run(
+        capsys, command, "--model", "deit_small_patch16_224", "--checkpoint", ckpt, *args, *inputs
+    )
+    assert code == 2 and stdout == "" and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"fastdeit {command}: error: checkpoint {str(ckpt)!r} holds deit_tiny_patch16_224")
+    assert "not a deit_small_patch16_224: embed_dim: 64 vs 384" in stderr
+    assert f"give it as --model: --model {ckpt} (without --checkpoint)" in stderr
+    assert "leave out the name" not in stderr
+    code, _, stderr = run(capsys, command, "--model", ckpt, *args, *inputs)
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_unsupported_image_formats_are_named_as_such(capsys, tmp_path, models, photos, decoder):
+    """A GIF is an image in a format the decoders do not read: its message says so and lists the supported ones
+    (before: "(not an image)" for a named .gif, "extension '.gif' is not an image type" in a folder). A text file
+    is still "not an image"."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.open(photos / "coffee.jpg").save(folder / "a.gif")
+    (folder / "b.jpg").write_bytes((photos / "coffee.jpg").read_bytes())
+    (folder / "notes.txt").write_text("a text file\n")
+    gif = f"{folder / 'a.gif'} (.gif is not a supported image format; supported: .bmp, .jpeg, .jpg, .pbm, .pgm"
+    out = tmp_path / "r.jsonl"
+    named = [folder / "a.gif", folder / "b.jpg", folder / "notes.txt"]
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", decoder, "--out", out, *named)
+    assert code == 0, stderr
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [str(folder / "b.jpg")]
+    assert gif in stderr and f"{folder / 'notes.txt'} (not an image)" in stderr
+    assert "a.gif (not an image)" not in stderr and "skipped 2 of 3 files" in stderr
+    code, _, stderr = run(capsys, "predict", "--model", models[10], "--decoder", decoder, "--out", out, folder)
+    assert code == 0, stderr
+    assert gif in stderr and f"{folder / 'notes.txt'} (extension '.txt' is not an image type)" in stderr
+    assert "'.gif' is not an image type" not in stderr
+
+
+def test_labels_other_than_the_run_class_names_are_said(capsys, tmp_path, photos):
+    """--labels renaming the classes a run records: used, with a warning naming both lists (before: silently);
+    the run's own names in another order: refused, since every prediction would carry another class's name."""
+    folder = write_run(tmp_path / "run")
+    (tmp_path / "l3.txt").write_text("x\ny\nz\n")
+    code, stdout, stderr = run(
+        capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "l3.txt", photos
+    )
+    assert code == 0, stderr
+    assert all(set(labels_of(line)) == {"x", "y", "z"} for line in stdout.splitlines())
+    assert (
+        f"fastdeit predict: warning: labels file {str(tmp_path / 'l3.txt')!r} names the model's classes differently "
+        "from the names the model records: using ['x', 'y', 'z'] in place of the model's ['cat', 'coffee', 'rocket']"
+    ) in stderr
+    (tmp_path / "shuffled.txt").write_text("\n".join(reversed(RUN_CLASSES)) + "\n")
+    code, stdout, stderr = run(
+        capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "shuffled.txt", photos
+    )
+    assert code == 2 and stdout == ""
+    assert "lists the model's class names in another order: class 0 is 'cat' in the model, 'rocket'" in stderr
+    (tmp_path / "same.txt").write_text("\n".join(RUN_CLASSES) + "\n")
+    code, _, stderr = run(capsys, "predict", "--model", folder, "--topk", 3, "--labels", tmp_path / "same.txt", photos)
+    assert code == 0 and "warning" not in stderr
 
 
 def test_warnings_are_one_line_each_and_shown_once(capsys, tmp_path, photos):

@@ -86,6 +86,28 @@ def test_read_labels_skips_comments_and_blank_lines(tmp_path):
     assert read_labels(tmp_path / "labels.txt") == ("cat", "dog")
 
 
+def test_labels_that_rename_the_model_classes_warn_and_reordered_ones_are_refused():
+    """Before, labels given with a model that records other class names replaced them silently."""
+    model = tiny_model(num_classes=3)
+    model.config = model.config.replace(class_names=("cat", "cup", "person"))
+    with pytest.warns(UserWarning, match=r"using \['x', 'y', 'z'\] in place of the model's \['cat', 'cup', 'person'\]"):
+        predictor = fastdeit.Predictor(model, device="cpu", labels=["x", "y", "z"])
+    assert predictor.label_names == ("x", "y", "z")
+    with pytest.raises(ValueError, match="another order: class 0 is 'cat' in the model, 'person' in the labels"):
+        fastdeit.Predictor(model, device="cpu", labels=["person", "cat", "cup"])
+    many = tiny_model(num_classes=12)
+    many.config = many.config.replace(class_names=tuple(f"c{i}" for i in range(12)))
+    with pytest.warns(UserWarning, match=r"using \['n0', 'n1', 'n2', 'n3', 'n4', \.\.\. \(12 names\)\] in place"):
+        fastdeit.Predictor(many, device="cpu", labels=[f"n{i}" for i in range(12)])
+
+
+def test_default_topk_is_at_most_the_class_count():
+    """predict() with no topk: 5 classes, or all of a model with fewer (before: ValueError, topk=5 out of range)."""
+    x = torch.randn(2, 3, 64, 64)
+    assert fastdeit.Predictor(tiny_model(num_classes=3), device="cpu").predict(x).indices.shape == (2, 3)
+    assert fastdeit.Predictor(tiny_model(num_classes=10), device="cpu").predict(x).indices.shape == (2, 5)
+
+
 # --- predictions equal the model ---------------------------------------------------------------------------------
 
 
@@ -191,6 +213,24 @@ def test_collect_images(tmp_path):
     # Sorted walk, files before sub-folders' files as os.walk goes; a named file is kept whatever its extension.
     assert files == [str(tmp_path / p) for p in ("a/0.webp", "a/2.jpg", "a/b/1.PNG", "named.dat")]
     assert list(files.skipped) == [str(tmp_path / "a/data.csv")]
+
+
+def test_collect_images_names_unsupported_image_formats(tmp_path):
+    """GIF/HEIC/SVG files, named or in a folder, are left out as images of an unsupported format (before: named
+    files went on to be called "not an image"; in folders, "not an image type"); other files keep their reasons."""
+    for name in ("dir/a.gif", "dir/b.HEIC", "dir/c.jpg", "dir/d.csv", "e.svg", "f.dat", "g.jfif"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    with pytest.warns(DataWarning, match=r"a\.gif \(\.gif is not a supported image format; supported: \.bmp, \.jpeg"):
+        files = collect_images([tmp_path / "dir", tmp_path / "e.svg", tmp_path / "f.dat", tmp_path / "g.jfif"])
+    assert files == [str(tmp_path / p) for p in ("dir/c.jpg", "f.dat", "g.jfif")]  # .jfif: a JPEG, decodable
+    supported = "is not a supported image format; supported: .bmp, .jpeg, .jpg, .pbm, .pgm, .png, .pnm, .ppm, .tif"
+    assert files.skipped == {
+        str(tmp_path / "dir/a.gif"): f".gif {supported}, .tiff, .webp",
+        str(tmp_path / "dir/b.HEIC"): f".heic {supported}, .tiff, .webp",
+        str(tmp_path / "dir/d.csv"): "extension '.csv' is not an image type",
+        str(tmp_path / "e.svg"): f".svg {supported}, .tiff, .webp",
+    }
 
 
 def test_every_file_unreadable_gives_empty_results(tmp_path):

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from fastdeit.commands import add_command
-from fastdeit.commands.predict import add_model_arguments, has_weights
+from fastdeit.commands.predict import add_model_arguments, has_weights, model_errors_in_flags
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from fastdeit.export import ExportVerificationError, export_model
     from fastdeit.models import VisionTransformer, load_model
 
-    model = load_model(
-        args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, backend="torch", use_ema=args.ema
-    )
+    with model_errors_in_flags(args):
+        model = load_model(
+            args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, backend="torch", use_ema=args.ema
+        )
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"fastdeit export exports DeiT models; --model {args.model} is {model.config.describe()}")
     if not has_weights(args):

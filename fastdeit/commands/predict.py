@@ -7,19 +7,21 @@
 --model is a model name (`fastdeit.list_models()`) or a saved model: a `fastdeit.save_pretrained` or Hugging Face
 folder, a training checkpoint or a run folder (its newest checkpoint), with its class names. Folders of images are
 read recursively. Files are decoded by DALI (on the GPU when there is one) with DeiT's eval transform; PIL only
-where DALI is missing. Unreadable files are named and skipped. Without --out, results go to stdout; the summary
-(images/s, time waiting for decoding vs in the model, skipped files) goes to stderr, and so does a progress bar when
-stderr is a terminal (--progress / --no-progress to choose). See fastdeit.inference.
+where DALI is missing. Unreadable files, and images in other formats (GIF, HEIC, ...), are named and skipped.
+Without --topk, the 5 most probable classes (all classes of a model with fewer). Without --out, results go to
+stdout; the summary (images/s, time waiting for decoding vs in the model, skipped files) goes to stderr, and so does
+a progress bar when stderr is a terminal (--progress / --no-progress to choose). See fastdeit.inference.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,23 +82,39 @@ def has_weights(args: argparse.Namespace) -> bool:
     return args.checkpoint is not None or Path(args.model).expanduser().exists()
 
 
+@contextlib.contextmanager
+def model_errors_in_flags(args: argparse.Namespace) -> Iterator[None]:
+    """Errors from building the model, with their remedy in command-line flags rather than Python arguments."""
+    from fastdeit.models.build import ArchitectureMismatch
+
+    try:
+        yield
+    except ArchitectureMismatch as e:
+        # The library's hint (leave out the name) would leave --model out, which the command requires.
+        raise ValueError(
+            f"{e.mismatch}; to build the model the checkpoint records, give it as --model: --model {args.checkpoint} "
+            "(without --checkpoint)"
+        ) from None
+
+
 def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> Predictor:
     """The Predictor the command-line arguments describe (builds the model and loads the weights)."""
     from fastdeit.inference import Predictor
 
-    return Predictor(
-        args.model,
-        checkpoint=args.checkpoint,
-        num_classes=args.num_classes,
-        labels=labels,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        cuda_graphs=not args.no_cuda_graphs,
-        decoder=args.decoder,
-        num_threads=args.num_threads,
-        use_ema=args.ema,
-    )
+    with model_errors_in_flags(args):
+        return Predictor(
+            args.model,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
+            labels=labels,
+            device=args.device,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            cuda_graphs=not args.no_cuda_graphs,
+            decoder=args.decoder,
+            num_threads=args.num_threads,
+            use_ema=args.ema,
+        )
 
 
 def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
@@ -116,7 +134,7 @@ def run_reporting_warnings(body: Callable[[], tuple[int, str]]) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(subparsers, "predict", __doc__)
     add_model_arguments(p)
-    p.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--topk", type=int, help="classes per image (default 5, or all of a model with fewer classes)")
     p.add_argument("--labels", help="class names, one per line (default: ImageNet-1k's for a 1000-class head)")
     p.add_argument("--out", type=Path, help="write results to FILE.jsonl or FILE.csv instead of stdout")
     add_runtime_arguments(p)
@@ -144,9 +162,10 @@ def _write_jsonl(preds: Predictions, path: Path) -> None:
     atomic_write(path, write)
 
 
-def _write_csv(preds: Predictions, path: Path, topk: int) -> None:
+def _write_csv(preds: Predictions, path: Path) -> None:
     """One row per image: path, then class_i, [label_i,] prob_i for i = 1..topk."""
     named = preds.label_names is not None
+    topk = preds.indices.shape[1]
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -183,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = predictor_from_args(args, labels=args.labels)
         if predictor.num_classes == 0:
             raise ValueError("the model has no classifier head (num_classes=0); use fastdeit embed")
-        if not 1 <= args.topk <= predictor.num_classes:
+        # Without --topk, Predictor.predict's default: 5, or all classes of a model with fewer.
+        if args.topk is not None and not 1 <= args.topk <= predictor.num_classes:
             raise ValueError(f"--topk must be in [1, {predictor.num_classes}] (the model's classes), got {args.topk}")
         if not has_weights(args):
             print("fastdeit predict: note: no --checkpoint: the model has random weights", file=sys.stderr)
@@ -191,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "jsonl":
             _write_jsonl(preds, args.out)
         elif fmt == "csv":
-            _write_csv(preds, args.out, args.topk)
+            _write_csv(preds, args.out)
         else:
             _print_results(preds)
         summary = preds.report.summary()

@@ -11,8 +11,9 @@
 Files are decoded by DALI (nvJPEG on the GPU when the model is on one, else its CPU decoder) with DeiT's eval
 transform (shorter side resized to img_size / crop_pct, bicubic; center crop; ImageNet normalization), a few
 batches ahead of the model (fastdeit.data.build_predict_loader); PIL is the fallback where DALI cannot be imported.
-Unreadable, truncated and non-image files are skipped, named in a DataWarning and listed in the report. Tensors are
-taken as preprocessed float images, or as uint8 pixels that are normalised here (see inputs.py).
+Unreadable, truncated and non-image files, and images in formats the decoders do not read (GIF, HEIC, SVG, ...), are
+skipped, named in a DataWarning and listed in the report. Tensors are taken as preprocessed float images, or as uint8
+pixels that are normalised here (see inputs.py).
 
 On a CUDA GPU the model runs the throughput path:
 - bf16 weights and activations (`dtype="auto"`; fp32 on the CPU, where bf16 is slower and only emulated), softmax

@@ -11,6 +11,8 @@ Any other dtype, and channels-last (B, S, S, 3) batches, are refused with an err
 
 from __future__ import annotations
 
+import functools
+import mimetypes
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,12 +33,31 @@ class ImageFiles(list[str]):
         self.skipped = skipped
 
 
+def unsupported_image_format(path: str) -> str | None:
+    """Why `path` is left out if its extension names an image format the decoders do not read (.gif, .heic, .svg,
+    ...), else None (a supported format under any of its extensions, e.g. .jfif for JPEG, or not an image type)."""
+    # Python's table of MIME types (plus the system's) knows image formats and their aliases a hand-kept list would
+    # miss.
+    mime, _ = mimetypes.guess_type(path)
+    if mime is None or not mime.startswith("image/") or mime in _supported_mime_types():
+        return None
+    ext = os.path.splitext(path)[1].lower()
+    return f"{ext} is not a supported image format; supported: {', '.join(sorted(IMG_EXTENSIONS))}"
+
+
+@functools.cache
+def _supported_mime_types() -> frozenset[str]:
+    return frozenset(mimetypes.guess_type(f"x{ext}")[0] for ext in IMG_EXTENSIONS) - {None}
+
+
 def collect_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> ImageFiles:
     """The image files named by `paths`, in order, and the files left out.
 
-    Files are kept as given, whatever their extension (the loader checks their content). Directories are walked as
+    Files are kept as given, whatever their extension (the loader checks their content), except images in a format
+    the decoders do not read (GIF, HEIC, SVG, ...: `unsupported_image_format`). Directories are walked as
     fastdeit.data.folder walks an ImageFolder: recursively in sorted order, ignoring hidden entries; their files
-    whose extension is not an image type are left out and named in one DataWarning.
+    whose extension is not a supported image type are left out. Every file left out is named, with the reason, in
+    one DataWarning.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -53,20 +74,20 @@ def collect_images(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Im
         if os.path.isdir(path):
             images, others = find_image_files(path)
             files += images
-            skipped.update(others)
-        elif os.path.exists(path):
-            files.append(path)
-        else:
+            skipped.update((other, unsupported_image_format(other) or why) for other, why in others)
+        elif not os.path.exists(path):
             raise FileNotFoundError(f"input path {path!r} does not exist")
+        elif why := unsupported_image_format(path):
+            skipped[path] = why
+        else:
+            files.append(path)
     if skipped:
         warnings.warn(
-            f"skipped {len(skipped)} non-image file(s): {describe_files(list(skipped.items()))}",
-            DataWarning,
-            stacklevel=2,
+            f"skipped {len(skipped)} file(s): {describe_files(list(skipped.items()))}", DataWarning, stacklevel=2
         )
     if not files:
         shown = ", ".join(repr(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        raise ValueError(f"no image files in {shown} (image extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
+        raise ValueError(f"no image files in {shown} (supported image extensions: {', '.join(sorted(IMG_EXTENSIONS))})")
     return ImageFiles(files, skipped)
 
 

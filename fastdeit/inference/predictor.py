@@ -32,6 +32,7 @@ from fastdeit.models import VisionTransformer, load_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODERS = ("auto", "dali", "pil")
+DEFAULT_TOPK = 5
 MAX_BATCH = 1024  # larger batches gain no throughput and make the padded last batch costlier
 CPU_BATCH = 32
 _IN_FLIGHT = 2  # GPU batches whose results may still be on their way to the CPU
@@ -121,7 +122,9 @@ class Predictor:
         checkpoint: weights to load, in any format `fastdeit.load_checkpoint` reads.
         num_classes: class count of the head (default: 1000 for a model name, the model's own otherwise).
         labels: class names, one per class index: a sequence, or a file with one name per line. Default: the names
-            the model records (`model.class_names`), else ImageNet-1k's for a 1000-class head, else none.
+            the model records (`model.class_names`), else ImageNet-1k's for a 1000-class head, else none. Labels
+            other than the recorded names are used with a warning naming both; the recorded names in another order
+            raise ValueError.
         device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
         dtype: "auto" (bf16 on CUDA, fp32 on the CPU), "bf16", "fp16" or "fp32": the dtype of the weights and
             activations; probabilities and embeddings are returned in fp32.
@@ -190,13 +193,13 @@ class Predictor:
 
     # --- public API -------------------------------------------------------------------------------------------
 
-    def predict(self, images: ImageInput, topk: int = 5, *, progress: bool = False) -> Predictions:
+    def predict(self, images: ImageInput, topk: int | None = None, *, progress: bool = False) -> Predictions:
         """The `topk` most probable classes of each image.
 
         Args:
             images: image file paths or directories (walked recursively), or a (B, 3, S, S) tensor at the model's
                 image size S: float and preprocessed, or uint8 pixels (see fastdeit.inference.inputs).
-            topk: classes per image, at most the model's class count.
+            topk: classes per image, at most the model's class count; default 5, or all of a model with fewer.
             progress: show a progress bar (images/s) on stderr.
 
         Returns:
@@ -205,6 +208,8 @@ class Predictor:
         """
         if self.num_classes == 0:
             raise ValueError("the model has no classifier head (num_classes=0); use embed()")
+        if topk is None:
+            topk = min(DEFAULT_TOPK, self.num_classes)
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= self.num_classes:
             raise ValueError(f"topk must be an integer in [1, {self.num_classes}], got {topk!r}")
         outputs, sources, report = self._run(images, topk, progress)

@@ -70,17 +70,30 @@ def _weights_facts(sd: StateDict) -> dict[str, Any]:
     return facts
 
 
+class ArchitectureMismatch(ValueError):
+    """A checkpoint that records another architecture than the model name given with it.
+
+    The message ends with what a Python caller does about it (leave out the name); `mismatch` is the message
+    without that hint, for front ends that say it in their own terms (the command line: give the checkpoint as
+    --model).
+    """
+
+    def __init__(self, mismatch: str) -> None:
+        super().__init__(f"{mismatch}; leave out the name to build the checkpoint's model")
+        self.mismatch = mismatch
+
+
 def _check_name(recorded: VisionTransformerConfig, named: VisionTransformerConfig, where: str) -> None:
-    """A checkpoint recording another model than the name names (with the caller's overrides): ValueError."""
+    """A checkpoint recording another model than the name names (with the caller's overrides): ArchitectureMismatch."""
     differences = [
         f"{f}: {getattr(recorded, f)!r} vs {getattr(named, f)!r}"
         for f in _NAMED_FIELDS
         if getattr(recorded, f) != getattr(named, f)
     ]
     if differences:
-        raise ValueError(
+        raise ArchitectureMismatch(
             f"{where} holds {recorded.describe()}, not a {named.name}: {'; '.join(differences)} (checkpoint vs "
-            f"{named.name}); leave out the name to build the checkpoint's model"
+            f"{named.name})"
         )
 
 
@@ -172,7 +185,7 @@ def create_model(
             layer_norm_eps, class_names, ...) and the layer classes norm_layer, attn_layer, mlp_layer.
 
     Raises ValueError for an unknown name or argument, and for anything asked for that contradicts the checkpoint
-    (each naming both sides).
+    (each naming both sides; ArchitectureMismatch, a ValueError, for a name of another architecture).
     """
     unknown = sorted(set(kwargs) - _CONFIG_FIELDS - _LAYER_ARGUMENTS)
     if unknown:

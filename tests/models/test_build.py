@@ -14,6 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import fastdeit
 from fastdeit.inference import imagenet_labels
+from fastdeit.models.build import ArchitectureMismatch
 from fastdeit.models.checkpoint import CheckpointWarning, checkpoint_name
 from fastdeit.models.convnet import create_convnet
 from tests.helpers import hf_config, small_model
@@ -133,8 +134,15 @@ def test_conflicts_name_both_sides(tmp_path):
     path = write_training_checkpoint(tmp_path / "c.pt", src)
     with pytest.raises(ValueError, match=r"asked for another model: embed_dim: 64 vs 32 \(checkpoint vs asked"):
         fastdeit.create_model(checkpoint=path, embed_dim=32)
-    with pytest.raises(ValueError, match=r"not a deit_small_patch16_224: embed_dim: 64 vs 384.*distilled: True vs"):
+    with pytest.raises(
+        ArchitectureMismatch, match=r"not a deit_small_patch16_224: embed_dim: 64 vs 384.*distilled: True vs"
+    ) as e:
         fastdeit.create_model("deit_small_patch16_224", checkpoint=path)
+    # Python callers are told to leave out the name; the command line says it with its flags (test_cli_predict).
+    assert str(e.value).endswith(
+        "(checkpoint vs deit_small_patch16_224); leave out the name to build the checkpoint's model"
+    )
+    assert e.value.mismatch.endswith("(checkpoint vs deit_small_patch16_224)") and isinstance(e.value, ValueError)
     with pytest.raises(ValueError, match="head for 10 classes but the model has 5"):
         fastdeit.create_model(checkpoint=path, num_classes=5)
     five = fastdeit.create_model(checkpoint=path, num_classes=5, drop_head=True, backend="torch")
