@@ -106,12 +106,14 @@ def test_predict_skips_corrupt_files(capsys, tmp_path, models, photos):
     (folder / "good.jpg").write_bytes(jpeg)
     (folder / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (folder / "renamed.jpg").write_text("a text file named .jpg\n")
+    (folder / "saved_as.jpg").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")  # a GIF under a JPEG name
     out = tmp_path / "r.jsonl"
     code, _, stderr = run(capsys, "predict", "--model", models[10], "--out", out, folder)
     assert code == 0
     assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == [str(folder / "good.jpg")]
     assert "truncated.jpg (truncated JPEG" in stderr and "renamed.jpg (not an image)" in stderr
-    assert "skipped 2 of 3 files" in stderr
+    assert "saved_as.jpg (a GIF image, a format the decoders do not read)" in stderr
+    assert "skipped 3 of 4 files" in stderr
 
 
 def test_predict_every_file_unreadable_exits_1(capsys, tmp_path, models):

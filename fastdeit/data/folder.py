@@ -47,15 +47,28 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def _unsupported_format(head: bytes) -> str | None:
+    """The image format of the first bytes of a file that no decoder here reads (GIF, HEIC/AVIF, JPEG 2000), or None."""
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif"):
+        return "HEIF/AVIF"
+    if head.startswith(b"\x00\x00\x00\x0cjP  ") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "JPEG 2000"
+    return None
+
+
 def check_encoded(data: bytes | memoryview) -> str | None:
     """Why `data` cannot be a whole image, or None if it passes the cheap checks.
 
     Catches non-images and truncated JPEG/PNG files (the usual result of an interrupted copy) without
     decoding; damage in the middle of a file is left to the decoder.
     """
-    fmt = sniff_format(bytes(data[:_HEADER_BYTES]))
+    head = bytes(data[:_HEADER_BYTES])
+    fmt = sniff_format(head)
     if fmt is None:
-        return "not an image"
+        other = _unsupported_format(head)
+        return f"a {other} image, a format the decoders do not read" if other else "not an image"
     tail = bytes(data[-_TAIL_WINDOW:])
     if fmt == "jpeg" and b"\xff\xd9" not in tail:
         return "truncated JPEG: no end-of-image marker"

@@ -108,4 +108,7 @@ def test_sniff_and_check_encoded(image_folder: Path):
     assert check_encoded(jpeg) is None and check_encoded(png) is None
     assert check_encoded(jpeg[: len(jpeg) // 2]) == "truncated JPEG: no end-of-image marker"
     assert check_encoded(png[: len(png) // 2]) == "truncated PNG: no IEND chunk"
-    assert check_encoded(b"GIF89a......") == "not an image"
+    # an image in a format no decoder here reads, whatever its file name says: named as such (before: "not an image")
+    assert check_encoded(b"GIF89a......") == "a GIF image, a format the decoders do not read"
+    assert check_encoded(b"\0\0\0\x18ftypheic\0\0") == "a HEIF/AVIF image, a format the decoders do not read"
+    assert check_encoded(b"hello world!") == "not an image"
