@@ -417,3 +417,21 @@ def test_trained_run_predicts_embeds_and_exports_with_no_architecture_flags(caps
     metadata = read_metadata(onnx_file, "onnx")
     assert metadata["class_names"] == list(RUN_CLASSES) and metadata["img_size"] == [16, 16]
     assert metadata["model_config"]["depth"] == 2 and metadata["model_config"]["patch_size"] == [4, 4]
+
+
+def test_bare_weights_of_another_size_need_and_take_img_size(capsys, tmp_path, photos):
+    # Before: the message said "pass img_size=...", a Python argument these commands had no flag for.
+    from safetensors.torch import save_file
+
+    import fastdeit
+
+    weights = tmp_path / "tiny_at_32.safetensors"
+    model = fastdeit.create_model("deit_tiny_patch16_224", img_size=32, num_classes=10, backend="torch")
+    save_file(model.state_dict(), weights)
+    code, _, stderr = run(capsys, "predict", "--model", "deit_tiny_patch16_224", "--checkpoint", weights, photos)
+    assert code == 2 and "holds weights for 32x32 images" in stderr and "--img-size" in stderr
+    out = tmp_path / "p.jsonl"
+    args = ("--model", "deit_tiny_patch16_224", "--checkpoint", weights, "--img-size", 32, "--out", out, photos)
+    code, _, stderr = run(capsys, "predict", *args)
+    assert code == 0, stderr
+    assert len(out.read_text().splitlines()) == len(PHOTOS) + 1  # and the png in photos/more

@@ -48,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
     with model_errors_in_flags(args):
         model = load_model(
-            args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, backend="torch", use_ema=args.ema
+            args.model,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
+            img_size=args.img_size,
+            backend="torch",
+            use_ema=args.ema,
         )
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"fastdeit export exports DeiT models; --model {args.model} is {model.config.describe()}")

@@ -36,7 +36,7 @@ OUT_FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --checkpoint, --num-classes, --ema (see fastdeit.models.load_model)."""
+    """--model, --checkpoint, --num-classes, --ema, --img-size (see fastdeit.models.load_model)."""
     p.add_argument(
         "--model",
         required=True,
@@ -46,6 +46,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="weights: timm/official DeiT .pth, Hugging Face, safetensors, fastdeit")
     p.add_argument("--num-classes", type=int, help="classes of the checkpoint's head (default 1000 for a model name)")
     p.add_argument("--ema", action="store_true", help="load the EMA weights of a fastdeit training checkpoint")
+    p.add_argument("--img-size", type=int, help="build the model at this input size (position embedding resampled)")
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,6 +115,7 @@ def predictor_from_args(args: argparse.Namespace, labels: str | None = None) -> 
             decoder=args.decoder,
             num_threads=args.num_threads,
             use_ema=args.ema,
+            img_size=args.img_size,
         )
 
 

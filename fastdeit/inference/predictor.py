@@ -135,6 +135,7 @@ class Predictor:
         num_threads: decoding threads (default: the CPU count, at most 8).
         backend: the model's kernels when it is built here: "auto" (fused Triton kernels on CUDA), "triton", "torch".
         use_ema: load the EMA weights of a fastdeit training checkpoint.
+        img_size: build the model at this input size (its position embedding resampled; see `load_model`).
 
     Raises ValueError (unknown model, head/checkpoint/labels of another class count, unavailable device or
     decoder) and FileNotFoundError (missing checkpoint or labels file) here, before any image is read.
@@ -155,6 +156,7 @@ class Predictor:
         num_threads: int | None = None,
         backend: str = "auto",
         use_ema: bool = False,
+        img_size: int | None = None,
     ) -> None:
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
@@ -169,7 +171,9 @@ class Predictor:
         self.decoder = decoder
         self.num_threads = num_threads
 
-        model = load_model(model, checkpoint=checkpoint, num_classes=num_classes, backend=backend, use_ema=use_ema)
+        model = load_model(
+            model, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, backend=backend, use_ema=use_ema
+        )
         if not isinstance(model, VisionTransformer):
             raise ValueError(f"the Predictor runs DeiT models; this is {model.config.describe()}")
         self.label_names = resolve_labels(labels, model.num_classes, model.class_names)

@@ -142,7 +142,8 @@ def _config_for(
             raise ValueError(
                 f"{where} holds weights for {size[0]}x{size[1]} images but {name} is a {named.img_size[0]}x"
                 f"{named.img_size[1]} model: pass img_size={named.img_size[0]} to resample its position embedding, "
-                f"or img_size={size[0]} to build the model at the checkpoint's size"
+                f"or img_size={size[0]} to build the model at the checkpoint's size (fastdeit predict, embed, export: "
+                f"--img-size)"
             )
         changes["img_size"] = size
     changes.setdefault("num_classes", known.get("num_classes", base.num_classes))
