@@ -119,6 +119,13 @@ def _register(module: nn.Module, children: dict[str, nn.Module], attributes: dic
         object.__setattr__(module, name, value)
 
 
+def _set_backend(root: nn.Module, backend: str) -> None:
+    """Switch every fastdeit layer under `root` to `backend` (a model patched before, or a fastdeit model)."""
+    for m in root.modules():
+        if isinstance(m, LayerNorm | Attention | Mlp):
+            m.backend = backend
+
+
 def patch_timm_vit(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     """Patch a timm `VisionTransformer` / `VisionTransformerDistilled` of a DeiT configuration (or a model of
     timm's layout: `blocks` of timm Blocks with `attn.qkv`, `attn.proj`, `mlp.fc1`, `mlp.fc2`, and `norm`) in place.
@@ -128,6 +135,9 @@ def patch_timm_vit(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     another activation.
     """
     prepare(backend)
+    if all(isinstance(blk, Block) for blk in model.blocks):  # patched before: only the backend changes
+        _set_backend(model, backend)
+        return model
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
         attn, mlp = blk.attn, blk.mlp
@@ -167,9 +177,29 @@ def patch_timm_vit(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     return model
 
 
+def _refuse_layer_outputs(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of a patched Hugging Face model: transformers records hidden states and attention maps from
+    its own layer classes, which the patch replaced, so it would return them empty; fused attention has no map."""
+    config = module.config
+    asked = [
+        flag
+        for flag in ("output_hidden_states", "output_attentions")
+        if kwargs.get(flag) or (kwargs.get(flag) is None and getattr(config, flag, False))
+    ]
+    if asked:
+        raise ValueError(
+            f"fastdeit.patch: a patched {type(module).__name__} cannot return {' or '.join(asked)} (transformers "
+            "collects them from its own layers, which the patch replaced); run an unpatched copy for them"
+        )
+
+
 def _patch_hf_backbone(backbone: nn.Module, backend: str) -> None:
-    """Patch the encoder layers and final LayerNorm of a transformers>=5 DeiTModel / ViTModel, keeping its names."""
+    """Patch the encoder layers and final LayerNorm of a transformers>=5 DeiTModel / ViTModel, keeping its names.
+    Patching again only switches the backend."""
     prepare(backend)
+    if getattr(backbone, "_fastdeit_patched", False):
+        _set_backend(backbone, backend)
+        return
     config = backbone.config
     if config.hidden_act != "gelu":
         raise TypeError(f"fastdeit.patch: hidden_act must be 'gelu' (exact), got {config.hidden_act!r}")
@@ -206,6 +236,15 @@ def _patch_hf_backbone(backbone: nn.Module, backend: str) -> None:
         )
         layers[i] = block.train(layer.training)  # new modules start in training mode
     backbone.layernorm = _layer_norm(backbone.layernorm, backend, "layernorm")
+    backbone._fastdeit_patched = True
+
+
+def _patch_hf(model: nn.Module, backbone: nn.Module, backend: str) -> None:
+    _patch_hf_backbone(backbone, backend)
+    for module in {id(m): m for m in (model, backbone)}.values():
+        if not getattr(module, "_fastdeit_refuses_layer_outputs", False):
+            module.register_forward_pre_hook(_refuse_layer_outputs, with_kwargs=True)
+            module._fastdeit_refuses_layer_outputs = True
 
 
 def _hf_backbone(model: nn.Module, backbone_class: type | None, attribute: str, family: str) -> nn.Module:
@@ -222,23 +261,21 @@ def patch_hf_deit(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     in place. Its state dict keeps transformers' keys, so its `save_pretrained` folder loads back with transformers.
     `backend` as for `patch_timm_vit`. Returns `model`."""
     backbone_class = _imported_class("transformers.models.deit.modeling_deit", "DeiTModel")
-    _patch_hf_backbone(_hf_backbone(model, backbone_class, "deit", "deit"), backend)
+    _patch_hf(model, _hf_backbone(model, backbone_class, "deit", "deit"), backend)
     return model
 
 
 def patch_hf_vit(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     """Patch a transformers>=5 `ViTModel` or `ViTForImageClassification` in place (as `patch_hf_deit`)."""
     backbone_class = _imported_class("transformers.models.vit.modeling_vit", "ViTModel")
-    _patch_hf_backbone(_hf_backbone(model, backbone_class, "vit", "vit"), backend)
+    _patch_hf(model, _hf_backbone(model, backbone_class, "vit", "vit"), backend)
     return model
 
 
 def patch_fastdeit(model: VisionTransformer, *, backend: str = "auto") -> VisionTransformer:
     """Switch a fastdeit `VisionTransformer` (and every fastdeit layer in it) to `backend`, in place."""
     prepare(backend)
-    for m in model.modules():
-        if isinstance(m, LayerNorm | Attention | Mlp):
-            m.backend = backend
+    _set_backend(model, backend)
     model.backend = backend
     return model
 

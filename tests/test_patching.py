@@ -50,6 +50,26 @@ def test_patch_hf_same_logits_and_grads(distilled):
         torch.testing.assert_close(p.grad, ref_params[name].grad, atol=10 * ATOL, rtol=10 * ATOL, msg=name)
 
 
+@pytest.mark.parametrize("distilled", [True, False])
+def test_patched_hf_model_refuses_layer_outputs_and_patches_again(distilled):
+    # Before: hidden states and attention maps came back empty, silently (transformers records them from its own layer
+    # classes); a second patch raised AttributeError ('Mlp' object has no attribute 'activation_fn').
+    torch.manual_seed(0)
+    ref = _hf(distilled)
+    model = fastdeit.patch(copy.deepcopy(ref), backend="torch")
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    for flag in ("output_hidden_states", "output_attentions"):
+        with pytest.raises(ValueError, match=f"cannot return {flag}"):
+            model(pixel_values=x, **{flag: True})
+    fastdeit.patch(model, backend="triton")  # again: only the backend changes
+    base = model.deit if distilled else model.vit
+    assert all(layer.attn.backend == "triton" for layer in base.layers)
+    torch.testing.assert_close(model(pixel_values=x).logits, ref(pixel_values=x).logits, atol=ATOL, rtol=ATOL)
+    model.config.output_hidden_states = True  # asked for through the config
+    with pytest.raises(ValueError, match="cannot return output_hidden_states"):
+        model(pixel_values=x)
+
+
 def test_patch_shares_parameters_under_their_names():
     ref = _hf(True)
     before = {name: p for name, p in ref.named_parameters()}
@@ -202,6 +222,9 @@ def test_patch_timm_layout():
     assert all(isinstance(b, Block) and b.fused and not b.training for b in model.blocks)
     assert list(model.state_dict()) == list(ref.state_dict())
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    torch.testing.assert_close(model(x), ref(x), atol=ATOL, rtol=ATOL)
+    assert fastdeit.patch_timm_vit(model, backend="torch") is model  # again: only the backend changes
+    assert all(b.attn.backend == "torch" for b in model.blocks) and list(model.state_dict()) == list(ref.state_dict())
     torch.testing.assert_close(model(x), ref(x), atol=ATOL, rtol=ATOL)
 
 
