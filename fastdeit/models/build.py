@@ -329,7 +329,8 @@ def save_pretrained(model: VisionTransformer, directory: str | os.PathLike) -> P
 def save_hf(model: VisionTransformer, directory: str | os.PathLike) -> Path:
     """Write `model` as a Hugging Face folder (config.json + model.safetensors in the Hub's key names), loadable with
     transformers' `from_pretrained`: distilled models as `DeiTForImageClassificationWithTeacher`, others as
-    `ViTForImageClassification`; LayerNorm eps, image size and class names (id2label) included."""
+    `ViTForImageClassification`; LayerNorm eps, image size and class names (id2label) included, and the eval transform
+    with its mean and std in preprocessor_config.json (transformers' AutoImageProcessor reads it)."""
     model = _check_saveable(model, "save_hf")
     hf_config = model.config.to_hf_config()
     directory = Path(directory)
@@ -337,4 +338,6 @@ def save_hf(model: VisionTransformer, directory: str | os.PathLike) -> Path:
     with atomic_path(directory / _WEIGHTS_NAME) as tmp:
         save_file(timm_to_hf(_plain_state_dict(model)), str(tmp), metadata={"format": "pt"})
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(hf_config, indent=2) + "\n"))
+    processor = json.dumps(model.config.to_hf_preprocessor(), indent=2) + "\n"
+    atomic_write(directory / "preprocessor_config.json", lambda tmp: tmp.write_text(processor))
     return directory

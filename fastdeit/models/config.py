@@ -179,6 +179,25 @@ class VisionTransformerConfig:
             "label2id": {name: i for i, name in enumerate(names)},
         }
 
+    def to_hf_preprocessor(self) -> dict[str, Any]:
+        """The `preprocessor_config.json` of a Hugging Face folder: DeiT's image processor with this model's eval
+        transform (resize to img_size / crop_pct, center crop to img_size), interpolation and normalisation."""
+        crop = self.img_size[0]
+        resize = int(crop / self.crop_pct)
+        return {
+            "image_processor_type": "DeiTImageProcessor",
+            "do_resize": True,
+            "size": {"height": resize, "width": resize},
+            "resample": {"bilinear": 2, "bicubic": 3}.get(self.interpolation, 3),  # PIL's filter numbers
+            "do_center_crop": True,
+            "crop_size": {"height": crop, "width": crop},
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+        }
+
     @staticmethod
     def fields_from_hf_config(hf: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
         """The config fields a Hugging Face DeiT/ViT `config.json` records (name and drop rates are not among them).
@@ -211,7 +230,8 @@ class VisionTransformerConfig:
         headless = arch.endswith("Model")
         labels = hf.get("id2label") or {}
         names = tuple(labels[k] for k in sorted(labels, key=int)) if labels else None
-        num_classes = 0 if headless else len(names) if names else int(hf.get("num_labels", 2))
+        # An empty id2label is a head of 0 classes, as transformers reads it (the classifier is then an Identity).
+        num_classes = 0 if headless else len(labels) if "id2label" in hf else int(hf.get("num_labels", 2))
         placeholder = names == tuple(f"LABEL_{i}" for i in range(len(names or ())))
         hidden = int(hf["hidden_size"])
         return {

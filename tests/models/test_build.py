@@ -286,6 +286,24 @@ def test_save_hf_and_save_pretrained_keep_class_names_and_eps(tmp_path, distille
     assert saved["model_config"]["class_names"] == list(CLASSES) and saved["format"] == "fastdeit"
 
 
+def test_save_hf_keeps_the_eval_transform_and_a_headless_model(tmp_path):
+    """Before: no preprocessor_config.json (mean/std came back as ImageNet's; transformers' AutoImageProcessor could
+    not load the folder), and a headless model came back with a 2-class head (an empty id2label read as
+    num_labels' default)."""
+    import numpy as np
+    import transformers
+    from PIL import Image
+
+    src = small_model(num_classes=0, mean=(0.5,) * 3, std=(0.25,) * 3)
+    fastdeit.save_hf(src, tmp_path / "hf")
+    back = fastdeit.from_pretrained(tmp_path / "hf", backend="torch")
+    assert (back.num_classes, back.config.mean, back.config.std) == (0, (0.5,) * 3, (0.25,) * 3)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "hf")
+    assert list(processor.image_mean) == [0.5] * 3 and list(processor.image_std) == [0.25] * 3
+    image = Image.fromarray((np.random.default_rng(0).random((50, 40, 3)) * 255).astype("uint8"))
+    assert processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 32, 32)
+
+
 def test_save_pretrained_folder_of_an_earlier_version(tmp_path):
     """config.json of fastdeit <= 0.x: the name and its overrides only; the missing fields are the defaults."""
     src = small_model(distilled=True)
