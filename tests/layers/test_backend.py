@@ -58,3 +58,18 @@ def test_ops_for_is_the_backend_decision():
         ops_for("triton", x.to("meta"))
     with pytest.raises(ValueError, match="the fused attention has no dropout"):
         FusedOps.attention_qkv(torch.randn(1, 4, 96), 2, 0.25, dropout_p=0.1)
+
+
+def test_layer_norm_without_affine_on_the_fused_backend():
+    """Before: TypeError 'layer_norm: weight must be a torch.Tensor' (the kernel has an affine step): torch's op."""
+    from fastdeit.layers import LayerNorm
+
+    torch.manual_seed(0)
+    x, r = torch.randn(3, 5, 32), torch.randn(3, 5, 32)
+    for affine in (False, True):
+        fused, plain = LayerNorm(32, elementwise_affine=affine, backend="triton"), LayerNorm(32, backend="torch")
+        expected = torch.nn.functional.layer_norm(x, (32,), eps=fused.eps)
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+        y, s = fused(x, residual=r)
+        torch.testing.assert_close(s, x + r)
+        torch.testing.assert_close(y, plain(x + r), atol=1e-5, rtol=1e-5)
