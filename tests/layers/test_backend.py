@@ -73,3 +73,18 @@ def test_layer_norm_without_affine_on_the_fused_backend():
         y, s = fused(x, residual=r)
         torch.testing.assert_close(s, x + r)
         torch.testing.assert_close(y, plain(x + r), atol=1e-5, rtol=1e-5)
+
+
+def test_head_dims_the_fused_kernel_lacks():
+    """Before: a model of head dim 24 built with backend='triton' failed at its first forward, deep in the kernel; and
+    'auto' on CUDA would have taken the same path. Now: refused when built ('triton'); 'auto' runs SDPA for them."""
+    with pytest.raises(ValueError, match=r"fused attention takes head dims \(16, 32, 64, 128\); this layer's is 24"):
+        Attention(96, num_heads=4, backend="triton")
+    torch.manual_seed(0)
+    layer = Attention(96, num_heads=4, qkv_bias=True, backend="auto")
+    reference = copy.deepcopy(layer)
+    reference.backend = "torch"
+    x = torch.randn(2, 7, 96)
+    torch.testing.assert_close(layer(x), reference(x))
+    layer.backend = "triton"  # as fastdeit.patch switches a built model: the linears fused, SDPA for the attention
+    torch.testing.assert_close(layer(x), reference(x), atol=1e-5, rtol=1e-5)
