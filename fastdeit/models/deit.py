@@ -171,11 +171,17 @@ class VisionTransformer(RecordsConfig, nn.Module):
     def get_classifier(self) -> nn.Module | tuple[nn.Module, nn.Module]:
         return (self.head, self.head_dist) if self.distilled else self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head(s) with freshly initialised ones for `num_classes` classes (0 = no head); the class
-        names are forgotten."""
+        names are forgotten. `global_pool`, as in timm's signature: DeiT pools the class token ('token'); None or
+        'token' keep it, another pooling raises ValueError."""
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if global_pool not in (None, "token"):
+            raise ValueError(
+                f"global_pool: fastdeit's DeiT pools the class token ('token'); got {global_pool!r} (timm's '' or "
+                "'avg' change the pooling, which DeiT checkpoints were not trained with)"
+            )
         self.config = self.config.replace(num_classes=num_classes, class_names=None)
         device = self.cls_token.device
         heads = ["head", "head_dist"] if self.distilled else ["head"]

@@ -106,6 +106,10 @@ def test_reset_classifier():
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 64)
     with pytest.raises(ValueError, match="num_classes must be >= 0"):
         model.reset_classifier(-1)
+    model.reset_classifier(5, "token")  # timm's signature (before: TypeError for the second argument)
+    assert model.head.out_features == 5
+    with pytest.raises(ValueError, match="global_pool: fastdeit's DeiT pools the class token"):
+        model.reset_classifier(0, "avg")
 
 
 def test_grad_checkpointing_matches():
