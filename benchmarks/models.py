@@ -40,7 +40,8 @@ from fastdeit._env import show_progress
 from fastdeit.batch_size import BatchSizeCache, find_max_batch, free_memory
 from fastdeit.cuda_graphs import capture
 from fastdeit.models import model_config
-from fastdeit.models.convnet import create_convnet, is_convnet
+from fastdeit.models.convnet import create_convnet, is_convnet, list_convnets
+from fastdeit.text import did_you_mean
 
 from .common import (
     Row,
@@ -333,7 +334,8 @@ def check_teacher(name: str) -> None:
         import timm
     except Exception as e:
         raise ValueError(
-            f"teacher {name!r} is not a fastdeit model ({', '.join(fastdeit.list_models())}), and timm, needed for "
+            f"teacher {name!r} is not a fastdeit model{did_you_mean(name, fastdeit.list_models() + list_convnets())} "
+            f"({', '.join(fastdeit.list_models() + list_convnets())}), and timm, needed for "
             f"other teachers such as regnety_160, cannot be imported ({type(e).__name__}: {e})"
         ) from e
     if name not in timm.list_models():

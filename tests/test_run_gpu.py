@@ -85,6 +85,8 @@ def test_check_bench_args():
     check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "convnet_small"])
     with pytest.raises(ValueError, match="teacher 'regnety_16'"):  # not fastdeit's; timm's only where timm imports
         check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "regnety_16"])
+    with pytest.raises(ValueError, match="teacher 'convnet_smal' is not a fastdeit model; did you mean convnet_small"):
+        check_bench_args(["--mode", "training", "--models", "s-dist", "--teacher", "convnet_smal"])
     with pytest.raises(ValueError, match="unknown model 'b-dsit'"):
         check_bench_args(["--models", "b-dsit"])
     with pytest.raises(SystemExit) as exc:

@@ -5,7 +5,7 @@
     fastdeit bench --models b-dist --mode training --batch-size 256 --teacher regnety_160
     fastdeit bench --models ti-dist --mode training --teacher convnet_tiny --teacher-cache   live teacher vs cache
     fastdeit bench --kernels [--ops attention layer_norm] [--full]
-    fastdeit bench --compile-report [--arch sm_90|sm_80] [--csv PATH]   every kernel config built for a GPU, no GPU
+    fastdeit bench --compile-report [--arch sm_90|sm_80] [--quick] [--csv PATH]   kernel configs built for a GPU
     fastdeit bench --data [--data-dir DIR] [--data-threads 2]   input pipeline img/s per decoder (DALI, PIL, timm)
     fastdeit bench --summary                         the tables again, from the results CSV
     fastdeit bench --plot                            PNG charts from the results CSV
@@ -87,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Writes its table to --csv only when --csv is given",
     )
     report.add_argument("--arch", choices=("sm_90", "sm_80"), default="sm_90", help="its GPU target (default sm_90)")
+    report.add_argument("--quick", action="store_true", help="DeiT-B at 197 tokens only (what CI runs)")
     data = p.add_argument_group("input pipeline throughput (fastdeit.benchmarks.data)")
     data.add_argument("--data", action="store_true", help="measure the data loaders (img/s per decoder) instead")
     data.add_argument("--data-dir", type=Path, help="ImageFolder to read (default: 512 generated ImageNet-like photos)")
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compile_report:
         from fastdeit.benchmarks import compile_report
 
-        report_args = compile_report.parse_args(["--arch", args.arch])
+        report_args = compile_report.parse_args(["--arch", args.arch] + ["--quick"] * args.quick)
         report_args.csv = None if args.csv is DEFAULT_CSV else args.csv  # the results CSV has other columns
         report_args.batch_size = args.batch_size or report_args.batch_size
         return compile_report.run_from_args(report_args)

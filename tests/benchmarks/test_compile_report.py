@@ -144,3 +144,16 @@ def test_dot_operands_from_ttir():
         ]
     )
     assert _dot_operands(ttir) == ["f16", "f32-tf32", "f32-ieee"]
+
+
+def test_bench_cli_passes_quick_and_arch(monkeypatch):
+    """`fastdeit bench --compile-report --quick` (before: 'unrecognized arguments: --quick', the module's flag only)."""
+    from fastdeit.benchmarks import compile_report as cr
+
+    from fastdeit import cli
+
+    seen = []
+    monkeypatch.setattr(cr, "run_from_args", lambda args: seen.append(args) or 0)
+    assert cli.main(["bench", "--compile-report", "--quick", "--arch", "sm_80"]) == 0
+    assert seen[0].quick and seen[0].arch == "sm_80"
+    assert cli.main(["bench", "--compile-report"]) == 0 and not seen[1].quick
