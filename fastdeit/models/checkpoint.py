@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     head = _head(path)
     if not _is_torch_file(head):
         raise ValueError(f"{str(path)!r} is not a torch checkpoint (first bytes {head!r})")
+    if head[:2] == b"PK":  # torch.save's zip archive: its directory is at the end, so a cut-short copy has none
+        try:
+            zipfile.ZipFile(path).close()
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"checkpoint {str(path)!r} is truncated or corrupt (its zip archive: {e})") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -162,9 +168,15 @@ def _read_file(path: Path) -> Any:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:
-        raise ValueError(
-            f"{str(path)!r} is neither a torch checkpoint nor a safetensors file (first bytes {head!r}): {e}"
-        ) from e
+        with open(path, "rb") as f:  # safetensors: an 8-byte header length, then the JSON header
+            f.seek(8)
+            safetensors_like = f.read(1) == b"{"
+        what = (
+            "a safetensors file that is truncated or corrupt"
+            if safetensors_like
+            else f"neither a torch checkpoint nor a safetensors file (first bytes {head!r})"
+        )
+        raise ValueError(f"{str(path)!r} is {what}: {e}") from e
 
 
 def _unwrap(obj: Any, use_ema: bool, path: Path) -> tuple[StateDict, str]:

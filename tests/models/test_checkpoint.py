@@ -204,6 +204,17 @@ def test_bad_files(tmp_path):
     (tmp_path / "short.pth").write_bytes(b"PK")
     with pytest.raises(ValueError, match="empty or truncated"):
         fastdeit.load_checkpoint(model, tmp_path / "short.pth")
+    # cut-short copies, named as such (before: a weights_only complaint; "neither a torch checkpoint nor ...")
+    from safetensors.torch import save_file
+
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:-300])
+    with pytest.raises(ValueError, match="cut.pth' is truncated or corrupt"):
+        fastdeit.load_checkpoint(model, tmp_path / "cut.pth")
+    save_file({"w": torch.zeros(1000)}, tmp_path / "whole.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:-300])
+    with pytest.raises(ValueError, match="cut.safetensors' is a safetensors file that is truncated or corrupt"):
+        fastdeit.load_checkpoint(model, tmp_path / "cut.safetensors")
     torch.save({"model": {"w": torch.zeros(1)}, "opt": object.__new__(_Unsafe)}, tmp_path / "pickle.pth")
     with pytest.raises(ValueError, match="weights_only=True"):
         fastdeit.load_checkpoint(model, tmp_path / "pickle.pth")
