@@ -137,6 +137,15 @@ def append_rows(path: str | os.PathLike, rows: Iterable[Row], device_type: str) 
             writer.writerow({**row.__dict__, "value": value, **stamp})
 
 
+def environment_header(device: torch.device) -> str:
+    """One line naming the machine and code: device, versions, git sha (and the CPU threads torch uses)."""
+    threads = f" | {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    return (
+        f"{device_name(device.type)}{threads} | torch {torch.__version__} | triton {package_version('triton')} | "
+        f"git {git_sha()}"
+    )
+
+
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
     """All rows of a results CSV, as dicts keyed by CSV_COLUMNS."""
     path = Path(path)

@@ -53,7 +53,16 @@ from tqdm import tqdm
 
 from fastdeit._env import show_progress
 
-from .common import DEFAULT_CSV, DTYPES, Row, append_rows, format_columns, parse_dtype, resolve_device
+from .common import (
+    DEFAULT_CSV,
+    DTYPES,
+    Row,
+    append_rows,
+    environment_header,
+    format_columns,
+    parse_dtype,
+    resolve_device,
+)
 
 OPS = (
     "layer_norm", "layer_norm_residual", "attention", "attention_qkv",
@@ -572,7 +581,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         csv=None if args.no_csv else args.csv,
         progress=getattr(args, "progress", None),
     )
-    print("\n".join(skipped + ["", format_kernel_table(results), *cpu_note(args.device)]))
+    header = environment_header(resolve_device(args.device))
+    print("\n".join([header, *skipped, "", format_kernel_table(results), *cpu_note(args.device)]))
     return 0
 
 

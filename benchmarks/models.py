@@ -48,9 +48,7 @@ from .common import (
     append_rows,
     device_name,
     format_columns,
-    git_sha,
     median,
-    package_version,
     repeat_timings,
     time_iterations,
 )
@@ -639,15 +637,6 @@ def _teacher_cache_ratios(measurements: list[Measurement]) -> list[str]:
             rates = _fmt_rate(twin.img_per_s), _fmt_rate(m.img_per_s)
             lines.append((_model_label(m), m.provider, str(m.batch), *rates, ratio))
     return format_columns(cols, lines, left=2) if lines else []
-
-
-def environment_header(device: torch.device) -> str:
-    """One line naming the machine and code: device, versions, git sha (and the CPU threads torch uses)."""
-    threads = f" | {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    return (
-        f"{device_name(device.type)}{threads} | torch {torch.__version__} | triton {package_version('triton')} | "
-        f"git {git_sha()}"
-    )
 
 
 def measurements_from_rows(rows: list[dict[str, str]]) -> list[Measurement]:

@@ -320,3 +320,10 @@ def test_topk_distillation_error_measurement(capsys):
     assert [line.split()[:2] for line in out[4:]] == [["2", "1"], ["10", "1"], ["2", "3"], ["10", "3"]]
     with pytest.raises(SystemExit):
         topk_main("--teacher random:convnet_tiny --k 11".split())
+
+
+def test_kernel_bench_names_the_machine_first(capsys):
+    """Before: the kernel tables named neither the machine nor the versions (the model bench's header line)."""
+    assert main(["bench", "--kernels", "--ops", "layer_norm", "--providers", "torch", "--no-csv"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("CPU: ") and f"torch {torch.__version__}" in first and "| git " in first

@@ -128,8 +128,8 @@ def _summary(csv: Path, which: str) -> str:
 
 def _run_models(args: argparse.Namespace) -> int:
     from fastdeit.batch_size import BatchSizeCache
-    from fastdeit.benchmarks.common import parse_dtype
-    from fastdeit.benchmarks.models import BenchConfig, ModelBenchmark, environment_header, format_table, resolve_models
+    from fastdeit.benchmarks.common import environment_header, parse_dtype
+    from fastdeit.benchmarks.models import BenchConfig, ModelBenchmark, format_table, resolve_models
     from fastdeit.benchmarks.providers import check_providers
     from fastdeit.models import model_config
 
