@@ -144,7 +144,11 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, with a ValueError saying what the file is when it is not
     a torch checkpoint that loads so (empty, truncated, another format, objects beyond tensors and containers)."""
     path = Path(path)
-    head = _head(path)
+    return _load_torch(path, _head(path))
+
+
+def _load_torch(path: Path, head: bytes) -> Any:
+    """`load_torch_file` for a file whose first bytes `head` were read already."""
     if not _is_torch_file(head):
         raise ValueError(f"{str(path)!r} is not a torch checkpoint (first bytes {head!r})")
     if head[:2] == b"PK":  # torch.save's zip archive: its directory is at the end, so a cut-short copy has none
@@ -164,7 +168,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
 def _read_file(path: Path) -> Any:
     head = _head(path)
     if _is_torch_file(head):
-        return load_torch_file(path)
+        return _load_torch(path, head)
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:

@@ -80,13 +80,14 @@ def set_aside_earlier_run(directory: str | os.PathLike, env: DistEnv) -> Path | 
     """
     moved = None
     directory = Path(directory)
-    if env.is_main and list_checkpoints(directory):
+    ckpts = list_checkpoints(directory) if env.is_main else []
+    if ckpts:
         n = 1
         while (directory / f"earlier_run_{n}").exists():
             n += 1
         moved = directory / f"earlier_run_{n}"
         moved.mkdir()
-        for path in [*list_checkpoints(directory), *(directory / name for name in RUN_FILES)]:
+        for path in [*ckpts, *(directory / name for name in RUN_FILES)]:
             if path.exists():
                 path.rename(moved / path.name)
     return broadcast_object(moved, env)
